@@ -1,0 +1,12 @@
+"""seer: a fast inference engine and server for vision-language models and LLMs."""
+
+from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, PytorchEngineConfig,
+                     TurbomindEngineConfig, VisionConfig)
+from .pipeline import Pipeline, Response, Session, pipeline
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "pipeline", "Pipeline", "Response", "Session", "GenerationConfig", "EngineConfig",
+    "TurbomindEngineConfig", "PytorchEngineConfig", "VisionConfig", "ChatTemplateConfig", "__version__",
+]

@@ -1,0 +1,192 @@
+"""User-facing configuration: frozen-by-convention dataclasses validated once.
+
+Every check raises ``ValueError`` naming the field, the bad value and what is
+accepted, so a user can act on it. Names follow LMDeploy (``GenerationConfig``,
+``TurbomindEngineConfig``/``PytorchEngineConfig``, ``VisionConfig``,
+``ChatTemplateConfig``) so code written for it ports by changing the import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+OUTPUT_LOGITS = (None, "generation")
+
+
+def _check(ok: bool, name: str, value, accepted: str) -> None:
+    if not ok:
+        raise ValueError(f"{name}={value!r} is invalid: {accepted}")
+
+
+@dataclass
+class GenerationConfig:
+    """How to sample one request.
+
+    Greedy decoding unless ``do_sample=True`` (LMDeploy's default); ``top_k=1``
+    or ``temperature=0`` also mean greedy.
+    """
+
+    n: int = 1
+    max_new_tokens: int = 512
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 0.8
+    top_p: float = 1.0
+    top_k: int = 50
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+    random_seed: Optional[int] = None
+    stop_words: Optional[Sequence[str]] = None
+    stop_token_ids: Optional[Sequence[int]] = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    logprobs: Optional[int] = None
+    output_logits: Optional[str] = None
+
+    def __post_init__(self):
+        _check(self.n == 1, "n", self.n, "only n=1 is supported by the pipeline")
+        _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
+               "max_new_tokens", self.max_new_tokens, "an integer >= 1")
+        _check(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
+               "min_new_tokens", self.min_new_tokens, "an integer >= 0")
+        _check(self.temperature >= 0, "temperature", self.temperature, "a number >= 0")
+        _check(0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
+        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", self.top_k,
+               "an integer >= 0 (0 means no top-k cut)")
+        _check(0 <= self.min_p <= 1, "min_p", self.min_p, "a number in [0, 1]")
+        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty,
+               "a number > 0 (1.0 means none)")
+        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty,
+               "a number in [-2, 2]")
+        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty,
+               "a number in [-2, 2]")
+        _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+               "logprobs", self.logprobs, "None or an integer in [0, 20]")
+        _check(self.output_logits in OUTPUT_LOGITS, "output_logits", self.output_logits,
+               f"one of {OUTPUT_LOGITS}")
+        if isinstance(self.stop_words, str):
+            self.stop_words = [self.stop_words]
+        _check(self.stop_words is None or all(isinstance(s, str) and s for s in self.stop_words),
+               "stop_words", self.stop_words, "a list of non-empty strings")
+        _check(self.stop_token_ids is None or all(isinstance(t, int) for t in self.stop_token_ids),
+               "stop_token_ids", self.stop_token_ids, "a list of token ids (int)")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.top_k == 1 or self.temperature == 0
+
+    def replace(self, **changes) -> "GenerationConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class EngineConfig:
+    """How the engine runs: memory, batching, caching and placement."""
+
+    session_len: Optional[int] = None  # max prompt+output tokens; None: the model's max positions
+    max_batch_size: int = 128  # max sequences in one step
+    cache_max_entry_count: float = 0.8  # share of free memory for the KV cache once weights are loaded
+    block_size: int = 16  # tokens per KV-cache block
+    enable_prefix_caching: bool = True
+    max_prefill_token_num: int = 4096  # max tokens in one step (chunked prefill splits longer prompts)
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
+    device: Optional[str] = None  # None: cuda when available, else cpu
+    tp: int = 1
+    num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
+    max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
+
+    def __post_init__(self):
+        _check(self.session_len is None or (isinstance(self.session_len, int) and self.session_len >= 16),
+               "session_len", self.session_len, "None or an integer >= 16")
+        _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1,
+               "max_batch_size", self.max_batch_size, "an integer >= 1")
+        _check(0 < self.cache_max_entry_count <= 1, "cache_max_entry_count",
+               self.cache_max_entry_count, "a share in (0, 1]")
+        _check(isinstance(self.block_size, int) and self.block_size >= 1
+               and self.block_size & (self.block_size - 1) == 0,
+               "block_size", self.block_size, "a power of two")
+        _check(isinstance(self.max_prefill_token_num, int) and self.max_prefill_token_num >= 1,
+               "max_prefill_token_num", self.max_prefill_token_num, "an integer >= 1")
+        _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
+               "one of 'auto', 'float32', 'bfloat16', 'float16'")
+        _check(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "an integer >= 1")
+        _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
+               self.num_gpu_blocks, "None or an integer >= 1")
+        if self.tp > 1:
+            raise NotImplementedError(f"tp={self.tp}: tensor parallelism is not implemented yet; use tp=1")
+
+
+# LMDeploy's two engine configs map to ours; their extra fields are accepted where harmless.
+TurbomindEngineConfig = EngineConfig
+PytorchEngineConfig = EngineConfig
+
+
+@dataclass
+class VisionConfig:
+    """How images are encoded."""
+
+    max_batch_size: int = 8  # images per vision-encoder forward
+    thread_safe: bool = False  # accepted for LMDeploy compatibility; unused
+    feature_cache_size: int = 256  # images whose features stay cached (by content hash)
+
+    def __post_init__(self):
+        _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1,
+               "max_batch_size", self.max_batch_size, "an integer >= 1")
+        _check(isinstance(self.feature_cache_size, int) and self.feature_cache_size >= 0,
+               "feature_cache_size", self.feature_cache_size, "an integer >= 0")
+
+
+@dataclass
+class ChatTemplateConfig:
+    """Which chat template renders conversations into a prompt.
+
+    ``model_name`` picks a built-in template by name; the other fields override
+    parts of it. Without a ``ChatTemplateConfig``, the model's own template is used
+    when it ships one, otherwise a built-in matched from the model's config.
+    """
+
+    model_name: str
+    system: Optional[str] = None  # replaces the template's default system prompt
+    meta_instruction: Optional[str] = None  # LMDeploy's name for the same thing
+    stop_words: Optional[Sequence[str]] = None  # replaces the template's stop words
+    user: Optional[str] = None
+    eoh: Optional[str] = None
+    assistant: Optional[str] = None
+    eoa: Optional[str] = None
+    separator: Optional[str] = None
+
+    def __post_init__(self):
+        _check(isinstance(self.model_name, str) and self.model_name, "model_name",
+               self.model_name, "a template name (see seer.chat_template.BUILTIN_TEMPLATES)")
+        if self.system is None:
+            self.system = self.meta_instruction
+
+
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(EngineConfig)}
+
+
+def engine_config_from(obj) -> EngineConfig:
+    """Accept our EngineConfig, None, a dict, or a foreign config object with like-named fields."""
+    if obj is None:
+        return EngineConfig()
+    if isinstance(obj, EngineConfig):
+        return obj
+    if isinstance(obj, dict):
+        items = obj
+    else:
+        items = {k: v for k, v in vars(obj).items() if k in _ENGINE_FIELDS}
+    unknown = set(items) - _ENGINE_FIELDS
+    if unknown:
+        raise ValueError(f"unknown engine option(s) {sorted(unknown)}; accepted: {sorted(_ENGINE_FIELDS)}")
+    return EngineConfig(**items)
+
+
+__all__ = [
+    "GenerationConfig", "EngineConfig", "TurbomindEngineConfig", "PytorchEngineConfig",
+    "VisionConfig", "ChatTemplateConfig", "engine_config_from",
+]

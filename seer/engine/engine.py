@@ -1,0 +1,241 @@
+"""The engine: a step loop in a background thread, fed by a thread-safe inbox.
+
+One step is three calls: ``scheduler.schedule()`` -> ``runner.execute()`` (+ sampling)
+-> ``_update()``, which appends the sampled tokens, detokenizes, checks the stop
+conditions, delivers a ``RequestOutput`` delta to each touched request's sink and
+finishes what is done. Requests enter and leave only between steps, through the inbox,
+so the scheduler and block manager are only ever touched by the loop thread.
+
+A failing step fails the requests that were in it (finish_reason "error") and the loop
+goes on; one bad request never takes the others down.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import traceback
+from typing import Optional
+
+import torch
+
+from ..config import EngineConfig, GenerationConfig
+from .detokenizer import IncrementalDetokenizer
+from .kv_cache import BlockManager
+from .request import PromptInputs, RequestOutput, Sequence, Sink
+from .runner import ModelRunner, StepResult
+from .sampler import sample
+from .scheduler import Scheduler
+
+log = logging.getLogger("seer.engine")
+
+
+class EngineDeadError(RuntimeError):
+    pass
+
+
+class Engine:
+    def __init__(self, runner: ModelRunner, num_blocks: int, cfg: EngineConfig, tokenizer,
+                 eos_token_ids: set[int], session_len: int):
+        self.runner = runner
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset(eos_token_ids)
+        self.session_len = session_len
+        self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.scheduler = Scheduler(self.blocks, cfg.max_batch_size, cfg.max_prefill_token_num)
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._seqs: dict[int, Sequence] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self.stats = {"steps": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0}
+        self._thread = threading.Thread(target=self._loop, name="seer-engine", daemon=True)
+        self._thread.start()
+
+    # ---- the public face (any thread) -----------------------------------------------------
+    def add_request(self, inputs: PromptInputs, gen: GenerationConfig, sink: Sink) -> int:
+        """Queue a request; its outputs go to ``sink`` from the engine thread. Returns its id."""
+        if not self._thread.is_alive():
+            raise EngineDeadError("the engine has stopped; create a new pipeline")
+        n = len(inputs.token_ids)
+        if n == 0:
+            raise ValueError("the prompt is empty: it produced no tokens")
+        if n >= self.session_len:
+            raise ValueError(f"the prompt has {n} tokens, which does not leave room for output within "
+                             f"session_len={self.session_len}; shorten it or raise EngineConfig.session_len")
+        seq = Sequence(inputs, gen, self.session_len, sink)
+        self.stats["prompt_tokens"] += n
+        self._inbox.put(("add", seq))
+        self._wake.set()
+        return seq.request_id
+
+    def abort(self, request_id: int) -> None:
+        self._inbox.put(("abort", request_id))
+        self._wake.set()
+
+    def close(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    # ---- the loop (engine thread) ---------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self._drain_inbox()
+                if not self.scheduler.has_work():
+                    self._wake.wait(0.05)
+                    self._wake.clear()
+                    continue
+                self.step()
+        except BaseException:  # noqa: BLE001 - a dead loop must fail every waiter, not hang them
+            msg = traceback.format_exc()
+            log.error("engine loop died:\n%s", msg)
+            for seq in list(self._seqs.values()):
+                self._emit(seq, [], "", None, None, error="engine died: " + msg.splitlines()[-1])
+        finally:
+            self._abort_all("the engine was closed")
+
+    def _drain_inbox(self) -> None:
+        while True:
+            try:
+                op, arg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if op == "add":
+                self._seqs[arg.request_id] = arg
+                self.scheduler.add(arg)
+            elif op == "abort" and arg in self._seqs:
+                self._finish(self._seqs[arg], "abort")
+
+    def step(self) -> None:
+        sched = self.scheduler.schedule()
+        for seq in sched.failed:
+            self._emit(seq, [], "", None, None, error=seq.error)
+        if not sched:
+            return
+        try:
+            result = self.runner.execute(sched)
+            sampled = sample(result.logits, result.seqs, self.eos_ids)
+        except Exception as e:  # noqa: BLE001
+            log.exception("step failed")
+            for seq in sched.seqs:
+                seq.error = f"{type(e).__name__}: {e}"
+                self._finish(seq, "error")
+            return
+        self.scheduler.update(sched)
+        self.stats["steps"] += 1
+        self._update(result, sampled)
+
+    def _update(self, result: StepResult, sampled) -> None:
+        for i, seq in enumerate(result.seqs):
+            tok = sampled.token_ids[i]
+            seq.token_ids.append(tok)
+            self.stats["generation_tokens"] += 1
+            reason, text = self._check_stop(seq, tok, self._detok(seq).push(tok))
+            logits = result.logits[i:i + 1].cpu() if seq.gen.output_logits else None
+            lp = [sampled.logprobs[i]] if seq.gen.logprobs is not None else None
+            if reason:
+                seq.finish_reason = reason
+                self.scheduler.finish(seq, reason)
+                del self._seqs[seq.request_id]
+                self.stats["finished"] += 1
+            self._emit(seq, [tok], text, lp, logits)
+
+    def _detok(self, seq: Sequence) -> IncrementalDetokenizer:
+        d = seq.state.get("detok")
+        if d is None:
+            g = seq.gen
+            d = seq.state["detok"] = IncrementalDetokenizer(
+                self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], g.skip_special_tokens,
+                g.spaces_between_special_tokens)
+            seq.state["text"] = ""
+        return d
+
+    def _check_stop(self, seq: Sequence, tok: int, text: str) -> tuple[Optional[str], str]:
+        """Why ``seq`` stops after ``tok`` (or None), and the new text to show.
+
+        A stop word ends the text just before it; any other finish flushes what the
+        detokenizer still held back.
+        """
+        g = seq.gen
+        before = seq.state["text"]
+        if g.stop_words and seq.num_output_tokens >= g.min_new_tokens:
+            full = before + text
+            lo = max(0, len(before) - max(len(w) for w in g.stop_words))
+            hits = [h for h in (full.find(w, lo) for w in g.stop_words) if h >= 0]
+            if hits:
+                cut = min(hits)
+                seq.state["text"] = full[:cut]
+                return "stop", full[len(before):cut]
+        reason = None
+        if (tok in self.eos_ids and not g.ignore_eos) or tok in (g.stop_token_ids or ()):
+            reason = "stop"
+        elif seq.num_output_tokens >= g.max_new_tokens or seq.num_tokens >= seq.max_total_tokens:
+            reason = "length"
+        if reason:
+            text += self._detok(seq).flush()
+        seq.state["text"] = before + text
+        return reason, text
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        self.scheduler.finish(seq, reason)
+        self._seqs.pop(seq.request_id, None)
+        self._emit(seq, [], "", None, None, error=seq.error if reason == "error" else None)
+
+    def _abort_all(self, why: str) -> None:
+        for seq in list(self._seqs.values()):
+            seq.error = why
+            self._finish(seq, "abort")
+
+    def _emit(self, seq: Sequence, toks, text, lp, logits, error: Optional[str] = None) -> None:
+        if seq.sink is None:
+            return
+        finished = seq.is_finished or error is not None
+        out = RequestOutput(
+            request_id=seq.request_id, new_token_ids=toks, new_text=text,
+            num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
+            finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
+            error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens)
+        try:
+            seq.sink(out)
+        except Exception:  # noqa: BLE001 - a broken consumer must not stop the loop
+            log.exception("request %d: output sink failed", seq.request_id)
+
+
+def kv_cache_blocks(cfg: EngineConfig, bytes_per_block: int, session_len: int, device: torch.device) -> int:
+    """How many KV blocks the pool gets: a share of free memory, capped by what can be used."""
+    if cfg.num_gpu_blocks:
+        return cfg.num_gpu_blocks
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        free = _available_ram()
+    n = int(free * cfg.cache_max_entry_count) // bytes_per_block
+    cap = cfg.max_batch_size * -(-session_len // cfg.block_size) + 1
+    n = min(n, cap)
+    if n < -(-session_len // cfg.block_size):
+        log.warning("the KV cache (%d blocks) cannot hold one sequence of session_len=%d", n, session_len)
+    return max(n, 1)
+
+
+def _available_ram() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 << 30
+

@@ -1,0 +1,114 @@
+"""Request state shared by the scheduler, the runner and the output processor.
+
+Pure Python: no torch here, so the scheduler and the block manager can be
+tested alone. Tensors that ride along (pixel values, precomputed embeddings)
+sit in ``MMItem.data`` and are only touched by the runner.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from ..config import GenerationConfig
+
+
+class SeqStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class MMItem:
+    """One image in a prompt: the run of placeholder tokens it fills."""
+
+    offset: int  # index of its first placeholder token in the prompt
+    length: int  # how many placeholder tokens (= rows of its features)
+    hash: str  # content hash: the feature-cache key and part of the prefix-cache key
+    data: Any = None  # pixel values or precomputed features; read by the runner only
+    kind: str = "pixels"  # "pixels": run the vision encoder on data; "embeds": data are the features
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+@dataclass
+class PromptInputs:
+    """What a model family makes of one conversation."""
+
+    token_ids: list[int]
+    mm_items: list[MMItem] = field(default_factory=list)
+
+
+@dataclass
+class RequestOutput:
+    """One delta of a request, delivered to its sink after every step that touched it."""
+
+    request_id: int
+    new_token_ids: list[int]
+    new_text: str
+    num_prompt_tokens: int
+    num_output_tokens: int
+    finished: bool = False
+    finish_reason: Optional[str] = None  # "stop", "length", "abort" or "error"
+    error: Optional[str] = None
+    new_logprobs: Optional[list[dict[int, float]]] = None
+    new_logits: Any = None  # tensor [new tokens, vocab] when output_logits is set
+    num_cached_tokens: int = 0
+
+
+Sink = Callable[[RequestOutput], None]
+
+_ids = itertools.count()
+
+
+class Sequence:
+    """A request as the engine sees it: tokens, progress and the KV blocks it holds.
+
+    Invariants: ``num_computed_tokens <= len(token_ids)``; the KV of the first
+    ``num_computed_tokens`` tokens is in the blocks of ``block_table``.
+    """
+
+    def __init__(self, inputs: PromptInputs, gen: GenerationConfig, max_total_tokens: int,
+                 sink: Optional[Sink] = None):
+        self.request_id = next(_ids)
+        self.token_ids: list[int] = list(inputs.token_ids)
+        self.num_prompt_tokens = len(inputs.token_ids)
+        self.mm_items = inputs.mm_items
+        self.gen = gen
+        self.max_total_tokens = max_total_tokens  # prompt + output never exceeds this
+        self.sink = sink
+        self.status = SeqStatus.WAITING
+        self.num_computed_tokens = 0
+        self.num_cached_tokens = 0  # prompt tokens found in the prefix cache on first admission
+        self.block_table: list[int] = []
+        self.block_hashes: list[bytes] = []  # chained hashes of the full blocks of token_ids
+        self.num_committed_blocks = 0  # leading blocks already published in the prefix cache
+        self.finish_reason: Optional[str] = None
+        self.error: Optional[str] = None
+        self.num_preemptions = 0
+        self.state: dict[str, Any] = {}  # per-request state owned by the output processor
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED
+
+    def __repr__(self) -> str:
+        return (f"Sequence(id={self.request_id}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, status={self.status.value})")

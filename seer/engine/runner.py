@@ -1,0 +1,194 @@
+"""Runs one step: a single forward over all scheduled tokens, packed without padding.
+
+The runner owns the device state: the KV-cache tensors, the gather workspace and
+the image-feature cache. It turns a ``SchedulerOutput`` into tensors, encodes the
+images the step needs (batched, ``VisionConfig.max_batch_size`` per forward, each
+distinct image once thanks to the feature cache keyed by content hash), scatters
+their features over the placeholder tokens, runs the model and returns the logits
+of the sequences that sample.
+
+Packed order: sequences computing one token (decodes) first, then prefill chunks.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..layers.attention import AttentionMetadata, PrefillSpan
+from .request import MMItem, Sequence
+from .scheduler import SchedulerOutput
+
+
+@dataclass
+class KVSpec:
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    def bytes_per_block(self, block_size: int) -> int:
+        return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * self.dtype.itemsize
+
+
+@dataclass
+class StepResult:
+    seqs: list[Sequence]  # the sequences that sample, in row order of ``logits``
+    logits: torch.Tensor  # [len(seqs), vocab] fp32
+
+
+class ModelRunner:
+    def __init__(self, model, kv: KVSpec, num_blocks: int, block_size: int, device: torch.device,
+                 vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None):
+        self.model = model
+        self.kv = kv
+        self.block_size = block_size
+        self.device = device
+        self.vision_batch_size = vision_batch_size
+        self.feature_cache_size = feature_cache_size
+        self.sliding_window = sliding_window
+        shape = (num_blocks, block_size, kv.num_kv_heads, kv.head_dim)
+        # torch.empty: on CPU the pages are only touched (and counted in RSS) once used.
+        self.kv_caches = [(torch.empty(shape, dtype=kv.dtype, device=device),
+                           torch.empty(shape, dtype=kv.dtype, device=device)) for _ in range(kv.num_layers)]
+        self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self.feature_hits = 0
+        self.feature_misses = 0
+
+    # ---- the step -------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, sched: SchedulerOutput) -> StepResult:
+        order = sorted(range(len(sched.seqs)), key=lambda i: sched.num_new_tokens[i] != 1)
+        seqs = [sched.seqs[i] for i in order]
+        counts = [sched.num_new_tokens[i] for i in order]
+        ids, positions, slots, sample_rows, sampling = [], [], [], [], []
+        bs = self.block_size
+        for seq, n in zip(seqs, counts):
+            start = seq.num_computed_tokens
+            ids.extend(seq.token_ids[start:start + n])
+            pos = range(start, start + n)
+            positions.extend(pos)
+            table = seq.block_table
+            slots.extend(table[p // bs] * bs + p % bs for p in pos)
+            if start + n == seq.num_tokens:
+                sample_rows.append(len(ids) - 1)
+                sampling.append(seq)
+        dev = self.device
+        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
+        meta = self._metadata(seqs, counts, torch.tensor(slots, dtype=torch.long, device=dev))
+        embeds = self._embed(input_ids, seqs, counts)
+        hidden = self.model(embeds, torch.tensor(positions, dtype=torch.long, device=dev), self.kv_caches, meta)
+        rows = torch.tensor(sample_rows, dtype=torch.long, device=dev)
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        return StepResult(sampling, logits)
+
+    # ---- attention metadata ------------------------------------------------------------
+    def _metadata(self, seqs, counts, slot_mapping) -> AttentionMetadata:
+        bs, dev, win = self.block_size, self.device, self.sliding_window
+        meta = AttentionMetadata(slot_mapping=slot_mapping)
+        dec = [s for s, n in zip(seqs, counts) if n == 1]
+        need = 0
+        if dec:
+            ctx = [s.num_computed_tokens + 1 for s in dec]
+            nblk = -(-max(ctx) // bs)
+            table = [s.block_table[:nblk] + [0] * (nblk - len(s.block_table[:nblk])) for s in dec]
+            meta.num_decode = len(dec)
+            meta.decode_blocks = torch.tensor(table, dtype=torch.long, device=dev).view(-1)
+            j = torch.arange(nblk * bs, device=dev)
+            ctx_t = torch.tensor(ctx, device=dev)[:, None]
+            mask = j[None, :] < ctx_t
+            if win:
+                mask &= j[None, :] > ctx_t - 1 - win
+            meta.decode_mask = mask[:, None, None, :]
+            need = len(dec) * nblk
+        row = len(dec)
+        for seq, n in zip(seqs, counts):
+            if n == 1:
+                continue
+            start = seq.num_computed_tokens
+            span = PrefillSpan(row, row + n)
+            if start > 0 or (win and n > win):
+                qpos = torch.arange(start, start + n, device=dev)[:, None]
+                if start > 0:
+                    nblk = -(-(start + n) // bs)
+                    span.blocks = torch.tensor(seq.block_table[:nblk], dtype=torch.long, device=dev)
+                    kpos = torch.arange(nblk * bs, device=dev)[None, :]
+                    need = max(need, nblk)
+                else:
+                    kpos = torch.arange(n, device=dev)[None, :]
+                mask = kpos <= qpos
+                if win:
+                    mask &= kpos > qpos - win
+                span.mask = mask[None, None]
+            meta.prefills.append(span)
+            row += n
+        if need:
+            meta.workspace = self._get_workspace(need)
+        return meta
+
+    def _get_workspace(self, num_blocks: int):
+        if self._workspace is None or self._workspace[0].shape[0] < num_blocks:
+            n = max(num_blocks, 2 * (self._workspace[0].shape[0] if self._workspace else 0))
+            shape = (n, self.block_size, self.kv.num_kv_heads, self.kv.head_dim)
+            self._workspace = (torch.empty(shape, dtype=self.kv.dtype, device=self.device),
+                               torch.empty(shape, dtype=self.kv.dtype, device=self.device))
+        return self._workspace
+
+    # ---- embeddings and images ------------------------------------------------------------
+    def _embed(self, input_ids, seqs, counts) -> torch.Tensor:
+        embeds = self.model.embed(input_ids)
+        spans = []  # (row range in the packed tokens, item, feature range)
+        row = 0
+        for seq, n in zip(seqs, counts):
+            start = seq.num_computed_tokens
+            for item in seq.mm_items:
+                a, b = max(start, item.offset), min(start + n, item.end)
+                if a < b:
+                    spans.append((row + a - start, row + b - start, item, a - item.offset, b - item.offset))
+            row += n
+        if not spans:
+            return embeds
+        feats = self._features([s[2] for s in spans])
+        for r0, r1, item, f0, f1 in spans:
+            embeds[r0:r1] = feats[item.hash][f0:f1].to(embeds.dtype)
+        return embeds
+
+    def _features(self, items: list[MMItem]) -> dict[str, torch.Tensor]:
+        """Features of each distinct image among ``items``: cached ones reused, the rest encoded in batches."""
+        found: dict[str, torch.Tensor] = {}
+        todo: dict[str, MMItem] = {}
+        for it in items:
+            if it.hash in found or it.hash in todo:
+                continue
+            if it.kind == "embeds":
+                found[it.hash] = it.data.to(self.device)
+            elif it.hash in self.features:
+                self.features.move_to_end(it.hash)
+                found[it.hash] = self.features[it.hash]
+                self.feature_hits += 1
+            else:
+                todo[it.hash] = it
+        groups: dict[tuple, list[MMItem]] = {}
+        for it in todo.values():
+            groups.setdefault(tuple(it.data.shape), []).append(it)
+        for group in groups.values():
+            for i in range(0, len(group), self.vision_batch_size):
+                chunk = group[i:i + self.vision_batch_size]
+                pixels = torch.stack([it.data for it in chunk]).to(self.device)
+                for it, f in zip(chunk, self.model.encode_images(pixels)):
+                    if f.shape[0] != it.length:
+                        raise ValueError(f"image encoder gave {f.shape[0]} features for {it.length} placeholders")
+                    found[it.hash] = f
+                    self._remember(it.hash, f)
+                self.feature_misses += len(chunk)
+        return found
+
+    def _remember(self, key: str, feats: torch.Tensor) -> None:
+        if self.feature_cache_size == 0:
+            return
+        self.features[key] = feats
+        while len(self.features) > self.feature_cache_size:
+            self.features.popitem(last=False)

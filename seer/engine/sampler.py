@@ -1,0 +1,97 @@
+"""Picks the next token of every sequence that samples this step.
+
+Rows are independent: a row's result depends only on its own logits, its own
+settings and its own random generator (seeded from ``random_seed``), never on the
+other rows of the batch. The all-greedy batch without penalties or logprobs, the
+common case, is one ``argmax``.
+
+Order of processing, as in transformers: penalties and the min-new-tokens EOS mask
+on the raw logits; then greedy argmax, or temperature, top-k, top-p and min-p
+followed by a draw. Reported logprobs are those of the raw model distribution.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .request import Sequence
+
+
+@dataclass
+class SampleResult:
+    token_ids: list[int]
+    logprobs: list[Optional[dict[int, float]]]  # per row; None where not asked for
+
+
+def _needs_processing(seq: Sequence, eos_ids: frozenset) -> bool:
+    g = seq.gen
+    return (g.repetition_penalty != 1.0 or g.presence_penalty != 0.0 or g.frequency_penalty != 0.0
+            or (g.min_new_tokens > seq.num_output_tokens and bool(eos_ids or g.stop_token_ids)))
+
+
+def _apply_penalties(row: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> torch.Tensor:
+    g = seq.gen
+    row = row.clone()
+    if g.repetition_penalty != 1.0:
+        ids = torch.tensor(sorted(set(seq.token_ids)), device=row.device)
+        vals = row[ids]
+        row[ids] = torch.where(vals < 0, vals * g.repetition_penalty, vals / g.repetition_penalty)
+    if (g.presence_penalty or g.frequency_penalty) and seq.num_output_tokens:
+        out = torch.tensor(seq.output_token_ids, device=row.device)
+        counts = torch.zeros_like(row).index_add_(0, out, torch.ones_like(out, dtype=row.dtype))
+        row -= g.frequency_penalty * counts + g.presence_penalty * (counts > 0).to(row.dtype)
+    if g.min_new_tokens > seq.num_output_tokens:
+        banned = set(g.stop_token_ids or ()) | (set() if g.ignore_eos else set(eos_ids))
+        if banned:
+            row[torch.tensor(sorted(banned), device=row.device)] = float("-inf")
+    return row
+
+
+def _draw(row: torch.Tensor, seq: Sequence) -> int:
+    g = seq.gen
+    row = row / g.temperature
+    if 0 < g.top_k < row.numel():
+        kth = torch.topk(row, g.top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
+    probs = torch.softmax(row, dim=-1)
+    if g.top_p < 1.0:
+        sorted_p, idx = probs.sort(descending=True)
+        cum = sorted_p.cumsum(0)
+        drop = (cum - sorted_p) > g.top_p  # keep the smallest prefix whose mass reaches top_p
+        probs = probs.scatter(0, idx, sorted_p.masked_fill(drop, 0.0))
+    if g.min_p > 0:
+        probs = probs.masked_fill(probs < g.min_p * probs.max(), 0.0)
+    gen = seq.state.get("generator")
+    if gen is None:
+        seed = g.random_seed if g.random_seed is not None else random.randrange(2**63)
+        gen = seq.state["generator"] = torch.Generator(device=row.device).manual_seed(seed)
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _top_logprobs(raw: torch.Tensor, token: int, n: int) -> dict[int, float]:
+    lp = torch.log_softmax(raw, dim=-1)
+    out = {token: float(lp[token])}
+    if n:
+        vals, ids = lp.topk(n)
+        for v, i in zip(vals.tolist(), ids.tolist()):
+            out.setdefault(i, v)
+    return out
+
+
+def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> SampleResult:
+    """``logits`` ``[len(seqs), vocab]`` fp32 -> one token per row."""
+    simple = all(s.gen.greedy and s.gen.logprobs is None and not _needs_processing(s, eos_ids) for s in seqs)
+    if simple:
+        return SampleResult(logits.argmax(dim=-1).tolist(), [None] * len(seqs))
+    tokens, logprobs = [], []
+    for i, seq in enumerate(seqs):
+        raw = logits[i]
+        row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
+        tok = int(row.argmax()) if seq.gen.greedy else _draw(row, seq)
+        tokens.append(tok)
+        logprobs.append(None if seq.gen.logprobs is None else _top_logprobs(raw, tok, seq.gen.logprobs))
+    return SampleResult(tokens, logprobs)

@@ -1,0 +1,49 @@
+"""Rotary position embedding with a precomputed cos/sin table.
+
+The inverse frequencies come from transformers' own rope functions, so every
+rope type the reference supports (default, linear, llama3, yarn, ...) gives the
+same angles. Positions are ``[T]`` for plain rope; M-RoPE families (Qwen2-VL)
+pass ``[3, T]`` and a section split, handled by ``MRotaryEmbedding`` later.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def rope_inv_freq(hf_text_config, head_dim: int) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies and the attention scaling factor, exactly as transformers computes them."""
+    params = getattr(hf_text_config, "rope_parameters", None) or {}
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = params.get("rope_theta", getattr(hf_text_config, "rope_theta", 10000.0))
+        inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        return inv, 1.0
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if rope_type not in ROPE_INIT_FUNCTIONS:
+        raise ValueError(f"rope_type {rope_type!r} is not supported; known: default, {sorted(ROPE_INIT_FUNCTIONS)}")
+    inv, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf_text_config, "cpu")
+    return inv.float(), float(scaling)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    def __init__(self, inv_freq: torch.Tensor, scaling: float, max_positions: int):
+        super().__init__()
+        t = torch.arange(max_positions, dtype=torch.float32)
+        freqs = torch.outer(t, inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos() * scaling, persistent=False)
+        self.register_buffer("sin", emb.sin() * scaling, persistent=False)
+
+    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
+        """q ``[T, Hq, D]``, k ``[T, Hk, D]``; returns both rotated."""
+        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
+        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
+        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

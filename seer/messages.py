@@ -1,0 +1,222 @@
+"""Every accepted prompt shape, turned into one internal conversation form.
+
+A ``Conversation`` is a list of messages ``{"role": ROLE, "content": [Part, ...]}``
+with ROLE in ``system``/``user``/``assistant`` and each Part either
+``{"type": "text", "text": str}`` or ``{"type": "image", "image": IMAGE}``, IMAGE
+being a decoded RGB ``PIL.Image.Image`` or a ``torch.Tensor`` of precomputed
+image embeddings (passed through untouched).
+
+What must stay true:
+- ``to_conversation`` loads every image (bad images raise ``ValueError`` here,
+  before any engine work) and only emits the form above.
+- Images are accepted in user messages only.
+- A text part (even an empty one) before an image marks that image as placed
+  inline by the user; images that lead a turn are "prepended" images, which
+  chat templates follow with their image separator (LMDeploy's convention).
+- ``to_conversation`` accepts its own output (it is idempotent).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from seer.vl import load_image
+from seer.vl.constants import IMAGE_TOKEN
+
+Part = dict
+Message = dict
+Conversation = list
+
+ROLES = ("system", "user", "assistant")
+PROMPT_SHAPES = ("a str; a tuple (text, image_or_list_of_images); a list of OpenAI-style message "
+                 "dicts (each with 'role' and 'content'); or a batch: a list of any of these")
+PART_TYPES = ("{'type': 'text', 'text': str}, {'type': 'image_url', 'image_url': {'url': URL}} "
+              "(or 'image_url': URL), {'type': 'image', 'image': PIL_or_URL}, "
+              "{'type': 'image_data', 'image_data': {'data': PIL}}, "
+              "{'type': 'image_embeds', 'image_embeds': torch.Tensor}")
+
+
+def _is_tensor(obj) -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a hard dependency of the engine
+        return False
+    return isinstance(obj, torch.Tensor)
+
+
+def _is_message_list(obj) -> bool:
+    return isinstance(obj, list) and len(obj) > 0 and all(isinstance(m, dict) and "role" in m for m in obj)
+
+
+def _is_single(obj) -> bool:
+    if isinstance(obj, str):
+        return True
+    if isinstance(obj, tuple):
+        return len(obj) == 2 and isinstance(obj[0], str)
+    return _is_message_list(obj)
+
+
+def split_batch(prompts) -> tuple[list, bool]:
+    """Return ``(list_of_single_prompts, is_batch)`` for what a user passed.
+
+    A single prompt gives ``([prompt], False)``; a list of single prompts gives
+    ``(that list, True)``. Anything else raises ``ValueError`` listing the shapes.
+    """
+    if _is_single(prompts):
+        return [prompts], False
+    if isinstance(prompts, list) and prompts:
+        for i, item in enumerate(prompts):
+            if isinstance(item, dict):
+                raise ValueError(f"unsupported prompt shape ({_shape(prompts)}); accepted: {PROMPT_SHAPES}")
+            if not _is_single(item):
+                raise ValueError(f"prompt #{i} of the batch has an unsupported shape "
+                                 f"({_shape(item)}); accepted: {PROMPT_SHAPES}")
+        return list(prompts), True
+    raise ValueError(f"unsupported prompt shape ({_shape(prompts)}); accepted: {PROMPT_SHAPES}")
+
+
+def _shape(obj) -> str:
+    """A short description of why ``obj`` is not a prompt, for error messages."""
+    if isinstance(obj, tuple):
+        if len(obj) != 2:
+            return f"a tuple of length {len(obj)}, expected (text, images)"
+        return f"a tuple whose first item is {type(obj[0]).__name__}, expected str text"
+    if isinstance(obj, dict):
+        return "a single dict; wrap a message in a list: [{'role': 'user', 'content': ...}]"
+    if isinstance(obj, list):
+        if not obj:
+            return "an empty list"
+        if all(isinstance(m, dict) for m in obj):
+            missing = next(i for i, m in enumerate(obj) if "role" not in m)
+            return f"message #{missing} has no 'role' (accepted roles: {ROLES})"
+        return "a list mixing message dicts with other items or dicts without 'role'"
+    return f"a {type(obj).__name__}"
+
+
+def text_part(text: str) -> Part:
+    return {"type": "text", "text": text}
+
+
+def image_part(image) -> Part:
+    """An image part; ``image`` is loaded unless it is a tensor of embeddings."""
+    return {"type": "image", "image": image if _is_tensor(image) else load_image(image)}
+
+
+def _image_list(images) -> list:
+    if images is None:
+        return []
+    if isinstance(images, (list, tuple)):
+        return list(images)
+    return [images]
+
+
+def _tuple_to_parts(text: str, images) -> list[Part]:
+    """Text with images: at the IMAGE_TOKEN positions if any, otherwise images first."""
+    images = [image_part(img) for img in _image_list(images)]
+    n_tokens = text.count(IMAGE_TOKEN)
+    if n_tokens == 0:
+        return images + [text_part(text)]
+    if n_tokens != len(images):
+        raise ValueError(f"the prompt text contains {IMAGE_TOKEN} {n_tokens} time(s) but {len(images)} "
+                         f"image(s) were given; use one {IMAGE_TOKEN} per image, or none to put the "
+                         "images before the text")
+    pieces = text.split(IMAGE_TOKEN)
+    parts = [text_part(pieces[0])]  # kept even when empty: it marks the images as placed inline
+    for img, piece in zip(images, pieces[1:]):
+        parts.append(img)
+        if piece:
+            parts.append(text_part(piece))
+    return parts
+
+
+def _image_source(part: dict, kind: str) -> Any:
+    """The image payload of an OpenAI/LMDeploy/HF-style image part."""
+    if kind == "image_url":
+        value = part.get("image_url")
+        return value.get("url") if isinstance(value, dict) else value
+    if kind == "image_data":
+        value = part.get("image_data")
+        return value.get("data") if isinstance(value, dict) else value
+    if kind == "image_embeds":
+        return part.get("image_embeds")
+    for key in ("image", "url", "path"):  # HF chat format allows url/path keys
+        if part.get(key) is not None:
+            return part[key]
+    return None
+
+
+def _convert_part(part, role: str, where: str) -> Part:
+    if isinstance(part, str):
+        return text_part(part)
+    if not isinstance(part, dict) or "type" not in part:
+        raise ValueError(f"{where}: content part {part!r:.80} is not a dict with a 'type'; "
+                         f"accepted parts: {PART_TYPES}")
+    kind = part["type"]
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise ValueError(f"{where}: a text part needs 'text' as a str, got {part.get('text')!r:.80}")
+        return text_part(part["text"])
+    if kind not in ("image", "image_url", "image_data", "image_embeds"):
+        raise ValueError(f"{where}: unknown content part type {kind!r}; accepted parts: {PART_TYPES}")
+    if role != "user":
+        raise ValueError(f"{where}: images are only accepted in user messages, found one in a {role!r} message")
+    source = _image_source(part, kind)
+    if source is None:
+        raise ValueError(f"{where}: the {kind!r} part carries no image; accepted parts: {PART_TYPES}")
+    if kind == "image_embeds" and not _is_tensor(source):
+        raise ValueError(f"{where}: 'image_embeds' must be a torch.Tensor, got {type(source).__name__}")
+    return image_part(source)
+
+
+def _convert_message(message: dict, index: int) -> Message:
+    where = f"message #{index}"
+    role = message.get("role")
+    if role not in ROLES:
+        raise ValueError(f"{where}: role {role!r} is not supported; accepted roles: {ROLES}")
+    content = message.get("content")
+    if isinstance(content, str):
+        return {"role": role, "content": [text_part(content)]}
+    if isinstance(content, (list, tuple)):
+        return {"role": role, "content": [_convert_part(p, role, where) for p in content]}
+    raise ValueError(f"{where} ({role}): 'content' must be a str or a list of parts, "
+                     f"got {type(content).__name__}; accepted parts: {PART_TYPES}")
+
+
+def to_conversation(prompt) -> Conversation:
+    """Convert one single prompt (see ``split_batch``) to a ``Conversation``."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": [text_part(prompt)]}]
+    if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[0], str):
+        return [{"role": "user", "content": _tuple_to_parts(prompt[0], prompt[1])}]
+    if _is_message_list(prompt):
+        return [_convert_message(m, i) for i, m in enumerate(prompt)]
+    raise ValueError(f"unsupported prompt shape ({_shape(prompt)}); accepted: {PROMPT_SHAPES}")
+
+
+def images_of(conversation: Conversation) -> list:
+    """Every image (PIL image or embedding tensor) in order of appearance."""
+    return [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
+
+
+def count_images(conversation: Conversation) -> int:
+    return len(images_of(conversation))
+
+
+def text_of(message: Message) -> str:
+    """The concatenated text parts of one message (images dropped)."""
+    return "".join(p["text"] for p in message["content"] if p["type"] == "text")
+
+
+def append_turn(conversation: Conversation, role: str, text: str) -> Conversation:
+    """A new conversation with a text turn appended; the input is not modified."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not supported; accepted roles: {ROLES}")
+    if not isinstance(text, str):
+        raise ValueError(f"turn text must be a str, got {type(text).__name__}")
+    return list(conversation) + [{"role": role, "content": [text_part(text)]}]
+
+
+__all__ = [
+    "Conversation", "ROLES", "split_batch", "to_conversation", "count_images", "images_of",
+    "text_of", "append_turn", "text_part", "image_part",
+]

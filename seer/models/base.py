@@ -1,0 +1,195 @@
+"""What every model family implements, and the loading they share.
+
+A family turns a model folder into: a tokenizer, a chat template, an ``nn.Module``
+on the device with the runner's interface (``embed``, ``forward``, ``compute_logits``,
+and ``encode_images`` for VLMs) and a way to turn a conversation into token ids with
+image placeholder runs (``encode``). Subclasses override ``build_model`` and, for
+VLMs, ``image_inputs``; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Iterator, Optional
+
+import torch
+
+from ..chat_template import resolve_chat_template
+from ..config import ChatTemplateConfig, EngineConfig, VisionConfig
+from ..engine.request import MMItem, PromptInputs
+from ..engine.runner import KVSpec
+from ..vl import image_hash
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(cfg: EngineConfig) -> tuple[torch.device, torch.dtype]:
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={cfg.device!r} but CUDA is not available; use device='cpu' or None")
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = _DTYPES[cfg.dtype]
+    return device, dtype
+
+
+def read_config_json(path: str) -> dict:
+    if not os.path.isdir(path):
+        raise ValueError(f"model path {path!r} is not a folder; pass a local folder in Hugging Face layout "
+                         f"(config.json, *.safetensors, tokenizer files)")
+    cfg = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg):
+        raise ValueError(f"model folder {path!r} has no config.json; a Hugging Face layout folder is expected")
+    with open(cfg) as f:
+        return json.load(f)
+
+
+def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of a checkpoint folder, one at a time (safetensors, else PyTorch .bin)."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if files:
+        from safetensors import safe_open
+
+        for f in files:
+            with safe_open(f, framework="pt") as st:
+                for name in st.keys():
+                    yield name, st.get_tensor(name)
+        return
+    files = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
+    if not files:
+        raise ValueError(f"model folder {path!r} has no weights: expected model*.safetensors "
+                         f"or pytorch_model*.bin")
+    for f in files:
+        yield from torch.load(f, map_location="cpu", weights_only=True).items()
+
+
+class ModelFamily:
+    """One model folder, ready to serve. Subclasses: one per family."""
+
+    architectures: tuple[str, ...] = ()
+    accepts_images = False
+    image_placeholder = ""  # text a built-in chat template puts where an image goes
+
+    def __init__(self, path: str, raw_config: dict, engine_cfg: EngineConfig, vision_cfg: VisionConfig,
+                 template_cfg: Optional[ChatTemplateConfig]):
+        self.path = path
+        self.raw_config = raw_config
+        self.engine_cfg = engine_cfg
+        self.vision_cfg = vision_cfg
+        self.device, self.dtype = resolve_device(engine_cfg)
+        self.hf_config = self.load_hf_config()
+        self.tokenizer = self.load_tokenizer()
+        self.chat_template = resolve_chat_template(self.tokenizer, self.hf_config, path, template_cfg)
+        text = self.text_config()
+        self.session_len = engine_cfg.session_len or getattr(text, "max_position_embeddings", 4096)
+        self.model = self._load_model()
+        self.eos_token_ids = self._eos_ids()
+
+    # ---- what subclasses provide ------------------------------------------------------------
+    def load_hf_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(self.path)
+
+    def text_config(self):
+        return self.hf_config
+
+    def build_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def image_inputs(self, image) -> tuple[int, torch.Tensor]:
+        """(placeholder tokens, pixel tensor) for one image."""
+        raise NotImplementedError
+
+    @property
+    def image_token_id(self) -> Optional[int]:
+        return None
+
+    # ---- shared ------------------------------------------------------------------------------
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.path)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"could not load the tokenizer from {self.path!r}: {e}") from e
+
+    def _load_model(self) -> torch.nn.Module:
+        with torch.device("meta"):
+            model = self.build_model()
+        model.to_empty(device=self.device)
+        model.to(self.dtype)
+        model.load_weights(checkpoint_tensors(self.path))
+        model.finish_init()
+        return model.eval()
+
+    def kv_spec(self) -> KVSpec:
+        s = self.model.spec
+        return KVSpec(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
+
+    def _eos_ids(self) -> set[int]:
+        ids: set[int] = set()
+        gen_file = os.path.join(self.path, "generation_config.json")
+        sources = [getattr(self.text_config(), "eos_token_id", None), self.tokenizer.eos_token_id]
+        if os.path.isfile(gen_file):
+            with open(gen_file) as f:
+                sources.insert(0, json.load(f).get("eos_token_id"))
+        for e in sources:
+            if isinstance(e, int):
+                ids.add(e)
+            elif isinstance(e, (list, tuple)):
+                ids.update(int(x) for x in e)
+        for w in getattr(self.chat_template, "stop_words", None) or ():
+            tid = self.tokenizer.convert_tokens_to_ids(w)
+            if isinstance(tid, int) and tid != self.tokenizer.unk_token_id:
+                ids.add(tid)
+        return ids
+
+    def stop_words(self) -> list[str]:
+        return list(getattr(self.chat_template, "stop_words", None) or ())
+
+    # ---- conversation -> tokens ------------------------------------------------------------
+    def encode(self, conversation: list[dict]) -> PromptInputs:
+        images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
+        if images and not self.accepts_images:
+            raise ValueError(f"this model ({type(self).__name__}) is text-only and does not accept images")
+        placeholder = self.image_placeholder
+        text = self.chat_template.render(conversation, placeholder, add_generation_prompt=True)
+        adds_bos = getattr(self.chat_template, "adds_bos", False)
+        ids = self.tokenizer(text, add_special_tokens=not adds_bos)["input_ids"]
+        if not images:
+            return PromptInputs(ids)
+        return self._expand_images(ids, images)
+
+    def _expand_images(self, ids: list[int], images: list) -> PromptInputs:
+        """Replace each image token by the run of placeholder tokens its features fill."""
+        tok = self.image_token_id
+        found = ids.count(tok)
+        if found != len(images):
+            raise ValueError(f"the prompt has {found} image placeholder(s) but {len(images)} image(s) were given")
+        out: list[int] = []
+        items: list[MMItem] = []
+        it = iter(images)
+        for t in ids:
+            if t != tok:
+                out.append(t)
+                continue
+            img = next(it)
+            if isinstance(img, torch.Tensor):
+                feats = img.to(self.dtype)
+                item = MMItem(len(out), feats.shape[0], "embeds:" + _tensor_hash(feats), feats, "embeds")
+            else:
+                n, pixels = self.image_inputs(img)
+                item = MMItem(len(out), n, image_hash(img), pixels.to(self.dtype))
+            items.append(item)
+            out.extend([tok] * item.length)
+        return PromptInputs(out, items)
+
+
+def _tensor_hash(t: torch.Tensor) -> str:
+    import hashlib
+
+    return hashlib.blake2b(t.detach().float().cpu().numpy().tobytes(), digest_size=16).hexdigest()

@@ -1,0 +1,33 @@
+"""The one list of supported architectures: HF ``architectures[0]`` -> family.
+
+Families are imported lazily, so loading one model never imports the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+# architecture -> (module, family class)
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("seer.models.text", "LlamaFamily"),
+    "MistralForCausalLM": ("seer.models.text", "LlamaFamily"),
+    "Qwen2ForCausalLM": ("seer.models.text", "LlamaFamily"),
+    "Qwen3ForCausalLM": ("seer.models.text", "LlamaFamily"),
+    "InternLM2ForCausalLM": ("seer.models.text", "InternLM2Family"),
+    "LlavaForConditionalGeneration": ("seer.models.llava", "LlavaFamily"),
+}
+
+
+def supported() -> list[str]:
+    return sorted(ARCHITECTURES)
+
+
+def family_for(raw_config: dict):
+    archs = raw_config.get("architectures") or []
+    if not archs:
+        raise ValueError(f"config.json names no 'architectures'; supported: {', '.join(supported())}")
+    arch = archs[0]
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"architecture {arch!r} is not supported; supported: {', '.join(supported())}")
+    module, cls = ARCHITECTURES[arch]
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,256 @@
+"""The offline pipeline: LMDeploy's ``pipeline`` face over seer's engine.
+
+``Pipeline`` is a synchronous front over the engine thread: it turns each prompt
+into a conversation, then into token ids and image inputs (in the caller's thread),
+submits them all, and collects the engine's deltas. A prompt that cannot be
+prepared (a bad image, too long) fails alone: in a batch it comes back as a
+``Response`` with ``finish_reason="error"``; a single prompt raises ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import queue
+from dataclasses import dataclass, field
+from typing import Iterator, Optional, Sequence as Seq, Union
+
+import torch
+
+from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig,
+                     engine_config_from)
+from .engine.engine import Engine, kv_cache_blocks
+from .engine.request import PromptInputs, RequestOutput
+from .engine.runner import ModelRunner
+from .messages import split_batch, to_conversation
+from .models.base import ModelFamily, read_config_json
+from .models.registry import family_for
+
+
+@dataclass
+class Response:
+    """One prompt's result (or, from ``stream_infer``, one delta of it)."""
+
+    text: str
+    generate_token_len: int
+    input_token_len: int
+    finish_reason: Optional[str] = None  # "stop", "length", "abort", "error"; None while streaming
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: Optional[list[dict[int, float]]] = None
+    logits: Optional[torch.Tensor] = None  # [generated tokens, vocab] with output_logits="generation"
+    index: int = 0  # position of the prompt in its batch
+    session_id: int = 0
+    error: Optional[str] = None
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    def __repr__(self) -> str:
+        return (f"Response(text={self.text!r}, generate_token_len={self.generate_token_len}, "
+                f"input_token_len={self.input_token_len}, finish_reason={self.finish_reason!r})")
+
+    def _add(self, out: RequestOutput) -> None:
+        self.text += out.new_text
+        self.token_ids.extend(out.new_token_ids)
+        self.generate_token_len = out.num_output_tokens
+        self.input_token_len = out.num_prompt_tokens
+        self.num_cached_tokens = out.num_cached_tokens
+        if out.new_logprobs is not None:
+            self.logprobs = (self.logprobs or []) + out.new_logprobs
+        if out.new_logits is not None:
+            self.logits = out.new_logits if self.logits is None else torch.cat([self.logits, out.new_logits])
+        if out.finished:
+            self.finish_reason = out.finish_reason
+            self.error = out.error
+            if out.error and not self.text:
+                self.text = out.error
+
+
+@dataclass
+class Session:
+    """A multi-turn chat: the conversation so far and the last response."""
+
+    session_id: int
+    history: list = field(default_factory=list)
+    response: Optional[Response] = None
+
+
+GenConfigs = Union[GenerationConfig, Seq[GenerationConfig], None]
+
+
+class Pipeline:
+    def __init__(self, model_path: str, backend_config=None, vision_config: Optional[VisionConfig] = None,
+                 chat_template_config: Optional[ChatTemplateConfig] = None):
+        self.engine_config = engine_config_from(backend_config)
+        self.vision_config = vision_config or VisionConfig()
+        raw = read_config_json(str(model_path))
+        family_cls = family_for(raw)
+        self.family: ModelFamily = family_cls(str(model_path), raw, self.engine_config, self.vision_config,
+                                              chat_template_config)
+        self.engine = _build_engine(self.family, self.engine_config, self.vision_config)
+        self.tokenizer = self.family.tokenizer
+        self._session_ids = itertools.count(1)
+        self._closed = False
+
+    # ---- LMDeploy's calls ------------------------------------------------------------------
+    def __call__(self, prompts, gen_config: GenConfigs = None, use_tqdm: Optional[bool] = None, **kwargs):
+        singles, is_batch = split_batch(prompts)
+        responses = self._run(singles, gen_config, is_batch, use_tqdm)
+        return responses if is_batch else responses[0]
+
+    def batch_infer(self, prompts, gen_config: GenConfigs = None, **kwargs) -> list[Response]:
+        singles, _ = split_batch(prompts)
+        return self._run(singles, gen_config, True, kwargs.get("use_tqdm"))
+
+    def infer(self, prompts, gen_config: GenConfigs = None, **kwargs):
+        return self(prompts, gen_config, **kwargs)
+
+    def stream_infer(self, prompts, gen_config: GenConfigs = None, **kwargs) -> Iterator[Response]:
+        """Yield deltas as they come: ``Response`` objects whose ``text`` is the new text and
+        ``index`` the prompt's position; the last delta of a prompt carries its finish_reason."""
+        singles, is_batch = split_batch(prompts)
+        gens = self._gen_configs(gen_config, len(singles))
+        q: queue.Queue = queue.Queue()
+        ids, errors = self._submit(singles, gens, q, raise_errors=not is_batch)
+        for r in errors:
+            yield r
+        pending = {rid for rid in ids if rid is not None}
+        index = {rid: i for i, rid in enumerate(ids)}
+        try:
+            while pending:
+                rid, out = q.get()
+                delta = Response("", 0, 0, index=index[rid])
+                delta._add(out)
+                if out.finished:
+                    pending.discard(rid)
+                yield delta
+        finally:
+            for rid in pending:
+                self.engine.abort(rid)
+
+    def chat(self, prompt, session: Optional[Session] = None, gen_config: Optional[GenerationConfig] = None,
+             stream_response: bool = False, **kwargs) -> Session:
+        """One turn of a multi-turn chat; the returned session carries the history."""
+        if session is None:
+            session = Session(next(self._session_ids))
+        conversation = session.history + to_conversation(prompt)
+        response = self._run([conversation], gen_config, False, False)[0]
+        response.session_id = session.session_id
+        session.history = conversation + [{"role": "assistant", "content": [{"type": "text", "text": response.text}]}]
+        session.response = response
+        return session
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.engine.close()
+        self.engine.runner.kv_caches = []
+        self.engine = None
+        self.family.model = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+    def _gen_configs(self, gen_config: GenConfigs, n: int) -> list[GenerationConfig]:
+        if gen_config is None:
+            gens = [GenerationConfig()] * n
+        elif isinstance(gen_config, GenerationConfig):
+            gens = [gen_config] * n
+        else:
+            gens = list(gen_config)
+            if len(gens) != n or not all(isinstance(g, GenerationConfig) for g in gens):
+                raise ValueError(f"gen_config must be a GenerationConfig or a list of {n} of them "
+                                 f"(one per prompt), got {len(gens)} item(s)")
+        extra = [w for w in self.family.stop_words()
+                 if self.tokenizer.convert_tokens_to_ids(w) not in self.family.eos_token_ids]
+        if extra:
+            gens = [g.replace(stop_words=list(g.stop_words or []) + extra) for g in gens]
+        return gens
+
+    def _prepare(self, prompt) -> PromptInputs:
+        if self._closed:
+            raise RuntimeError("this pipeline is closed")
+        conversation = prompt if _is_conversation(prompt) else to_conversation(prompt)
+        return self.family.encode(conversation)
+
+    def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool):
+        """Prepare and queue every prompt; failures become error responses (or raise)."""
+        ids, errors = [], []
+        for i, (prompt, gen) in enumerate(zip(singles, gens)):
+            try:
+                inputs = self._prepare(prompt)
+                rid = self.engine.add_request(inputs, gen, lambda out: q.put((out.request_id, out)))
+            except ValueError as e:
+                if raise_errors:
+                    raise
+                ids.append(None)
+                errors.append(Response(str(e), 0, 0, finish_reason="error", index=i, error=str(e)))
+                continue
+            ids.append(rid)
+        return ids, errors
+
+    def _run(self, singles, gen_config, is_batch: bool, use_tqdm) -> list[Response]:
+        gens = self._gen_configs(gen_config, len(singles))
+        q: queue.Queue = queue.Queue()
+        ids, errors = self._submit(singles, gens, q, raise_errors=not is_batch)
+        results: list[Optional[Response]] = [None] * len(singles)
+        for r in errors:
+            results[r.index] = r
+        by_id = {}
+        for i, rid in enumerate(ids):
+            if rid is not None:
+                results[i] = by_id[rid] = Response("", 0, 0, index=i)
+        bar = _progress(len(by_id), use_tqdm)
+        pending = set(by_id)
+        try:
+            while pending:
+                rid, out = q.get()
+                by_id[rid]._add(out)
+                if out.finished:
+                    pending.discard(rid)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            for rid in pending:
+                self.engine.abort(rid)
+            if bar is not None:
+                bar.close()
+        return results
+
+
+def _is_conversation(prompt) -> bool:
+    return (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
+            and isinstance(prompt[0].get("content"), list)
+            and all(isinstance(p, dict) and p.get("type") in ("text", "image") for p in prompt[0]["content"]))
+
+
+def _progress(total: int, use_tqdm: Optional[bool]):
+    if use_tqdm is False or (use_tqdm is None and total < 32):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="seer", unit="req")
+
+
+def _build_engine(family: ModelFamily, cfg: EngineConfig, vcfg: VisionConfig) -> Engine:
+    kv = family.kv_spec()
+    num_blocks = kv_cache_blocks(cfg, kv.bytes_per_block(cfg.block_size), family.session_len, family.device)
+    runner = ModelRunner(family.model, kv, num_blocks, cfg.block_size, family.device,
+                         vcfg.max_batch_size, vcfg.feature_cache_size, family.model.spec.sliding_window)
+    return Engine(runner, num_blocks, cfg, family.tokenizer, family.eos_token_ids, family.session_len)
+
+
+def pipeline(model_path: str, backend_config=None, vision_config: Optional[VisionConfig] = None,
+             chat_template_config: Optional[ChatTemplateConfig] = None, log_level: str = "WARNING",
+             **kwargs) -> Pipeline:
+    """Load a local model folder (Hugging Face layout) and return a ready pipeline."""
+    import logging
+
+    logging.getLogger("seer").setLevel(log_level)
+    return Pipeline(model_path, backend_config, vision_config, chat_template_config)
