@@ -176,8 +176,9 @@ class Pipeline:
     def _prepare(self, prompt) -> PromptInputs:
         if self._closed:
             raise RuntimeError("this pipeline is closed")
-        conversation = prompt if _is_conversation(prompt) else to_conversation(prompt)
-        return self.family.encode(conversation)
+        # Always normalise: to_conversation is idempotent (chat history passes through) and loads
+        # every image and string content, whatever the first message looks like.
+        return self.family.encode(to_conversation(prompt))
 
     def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool):
         """Prepare and queue every prompt; failures become error responses (or raise)."""
@@ -222,12 +223,6 @@ class Pipeline:
             if bar is not None:
                 bar.close()
         return results
-
-
-def _is_conversation(prompt) -> bool:
-    return (isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], dict)
-            and isinstance(prompt[0].get("content"), list)
-            and all(isinstance(p, dict) and p.get("type") in ("text", "image") for p in prompt[0]["content"]))
 
 
 def _progress(total: int, use_tqdm: Optional[bool]):

@@ -1,6 +1,7 @@
 """RMSNorm, computed in fp32 the way the reference (transformers) computes it."""
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -9,9 +10,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.shape = (dim,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.shape, self.weight, self.eps)
+        # Reduced precision: normalise in fp32, cast back, then scale (transformers' order).
+        return self.weight * F.rms_norm(x.float(), self.shape, None, self.eps).to(x.dtype)

@@ -42,8 +42,14 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", emb.cos() * scaling, persistent=False)
         self.register_buffer("sin", emb.sin() * scaling, persistent=False)
 
-    def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q ``[T, Hq, D]``, k ``[T, Hk, D]``; returns both rotated."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos and sin for ``positions`` ``[T]``, shaped ``[T, 1, D]`` to broadcast over heads.
+
+        Looked up once per step and shared by every layer.
+        """
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    """q ``[T, Hq, D]``, k ``[T, Hk, D]``; returns both rotated."""
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.norm import RMSNorm
-from ..layers.rotary import RotaryEmbedding, rope_inv_freq
+from ..layers.rotary import RotaryEmbedding, apply_rotary, rope_inv_freq
 
 
 @dataclass
@@ -81,7 +81,7 @@ class DecoderLayer(nn.Module):
         n = self.s.intermediate_size
         return (0, n) if shard == 0 else (n, n)
 
-    def forward(self, x, positions, rotary, kv_cache, meta: AttentionMetadata):
+    def forward(self, x, rope, kv_cache, meta: AttentionMetadata):
         s = self.s
         h = self.input_layernorm(x)
         q, k, v = self.qkv_proj(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -90,7 +90,7 @@ class DecoderLayer(nn.Module):
         v = v.view(-1, s.num_kv_heads, s.head_dim)
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotary(positions, q, k)
+        q, k = apply_rotary(q, k, *rope)
         o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, s.head_dim ** -0.5)
         x = x + self.o_proj(o.view(-1, self.q_size))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
@@ -125,8 +125,9 @@ class LlamaForCausalLM(nn.Module):
 
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, kv_caches, meta: AttentionMetadata):
         x = embeds
+        rope = self.rotary(positions, x.dtype)
         for layer, kv in zip(self.layers, kv_caches):
-            x = layer(x, positions, self.rotary, kv, meta)
+            x = layer(x, rope, kv, meta)
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
