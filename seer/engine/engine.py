@@ -125,6 +125,7 @@ class Engine:
         if not sched:
             return
         try:
+            self.runner.zero_blocks(self.blocks.take_fresh())
             result = self.runner.execute(sched)
             sampled = sample(result.logits, result.seqs, self.eos_ids)
         except Exception as e:  # noqa: BLE001

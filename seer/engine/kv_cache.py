@@ -44,6 +44,8 @@ class BlockManager:
         self._free: deque[int] = deque(range(num_blocks))  # low ids first: touched memory stays small
         self._evictable: OrderedDict[int, None] = OrderedDict()
         self._cached: dict[bytes, int] = {}
+        self._used = [False] * num_blocks
+        self._fresh: list[int] = []  # blocks handed out for the first time, not yet zeroed
         self.prefix_hits = 0  # tokens served from the prefix cache, for metrics
 
     # ---- queries -------------------------------------------------------------
@@ -123,6 +125,15 @@ class BlockManager:
         seq.block_table = []
         seq.num_committed_blocks = 0
 
+    def take_fresh(self) -> list[int]:
+        """Blocks handed out for the first time since the last call.
+
+        Their memory has never been written and may hold anything, NaN included; masked
+        attention still multiplies it by zero, so the runner zeroes them before use.
+        """
+        fresh, self._fresh = self._fresh, []
+        return fresh
+
     def reset_prefix_cache(self) -> None:
         for b in list(self._evictable):
             self._forget(b)
@@ -142,6 +153,9 @@ class BlockManager:
             b, _ = self._evictable.popitem(last=False)
             self._forget(b)
         self.ref_count[b] = 1
+        if not self._used[b]:
+            self._used[b] = True
+            self._fresh.append(b)
         return b
 
     def _forget(self, b: int) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import kernels
 from ..layers.attention import AttentionMetadata, PrefillSpan
 from .request import MMItem, Sequence
 from .scheduler import SchedulerOutput
@@ -57,6 +58,7 @@ class ModelRunner:
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_hits = 0
         self.feature_misses = 0
+        self.native_decode = (device.type == "cpu" and kv.dtype == torch.float32 and kernels.available())
 
     # ---- the step -------------------------------------------------------------------
     @torch.inference_mode()
@@ -85,6 +87,15 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return StepResult(sampling, logits)
 
+    @torch.inference_mode()
+    def zero_blocks(self, blocks: list[int]) -> None:
+        if not blocks:
+            return
+        idx = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        for k, v in self.kv_caches:
+            k.index_fill_(0, idx, 0)
+            v.index_fill_(0, idx, 0)
+
     # ---- attention metadata ------------------------------------------------------------
     def _metadata(self, seqs, counts, slot_mapping) -> AttentionMetadata:
         bs, dev, win = self.block_size, self.device, self.sliding_window
@@ -96,14 +107,15 @@ class ModelRunner:
             nblk = -(-max(ctx) // bs)
             table = [s.block_table[:nblk] + [0] * (nblk - len(s.block_table[:nblk])) for s in dec]
             meta.num_decode = len(dec)
-            meta.decode_blocks = torch.tensor(table, dtype=torch.long, device=dev).view(-1)
-            j = torch.arange(nblk * bs, device=dev)
-            ctx_t = torch.tensor(ctx, device=dev)[:, None]
-            mask = j[None, :] < ctx_t
-            if win:
-                mask &= j[None, :] > ctx_t - 1 - win
-            meta.decode_mask = mask[:, None, None, :]
-            need = len(dec) * nblk
+            meta.decode_blocks = torch.tensor(table, dtype=torch.long, device=dev)
+            meta.decode_lens = torch.tensor(ctx, dtype=torch.long, device=dev)
+            if not (self.native_decode and not win):
+                j = torch.arange(nblk * bs, device=dev)
+                mask = j[None, :] < meta.decode_lens[:, None]
+                if win:
+                    mask &= j[None, :] > meta.decode_lens[:, None] - 1 - win
+                meta.decode_mask = mask[:, None, None, :]
+                need = len(dec) * nblk
         row = len(dec)
         for seq, n in zip(seqs, counts):
             if n == 1:

@@ -6,8 +6,10 @@ cache of one layer is a pair of tensors ``[num_blocks, block_size, kv_heads, hea
 slot ``block * block_size + i`` is the i-th token of a block. ``AttentionMetadata``
 is built once per step by the runner and shared by every layer.
 
-Decode queries are answered by one batched SDPA call over their contexts, gathered
-block by block into a reused workspace (padded to the longest context, masked).
+Decode queries are answered in one call: on CPU in fp32 by the native kernel that
+reads keys and values in place from their blocks (``seer.kernels``); elsewhere by one
+batched SDPA call over contexts gathered block by block into a reused workspace
+(padded to the longest context, masked).
 Each prefill chunk gets its own call: with no cached prefix it attends to its own
 fresh keys (``is_causal``); otherwise it gathers its context and uses a mask.
 
@@ -23,6 +25,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
+
 
 @dataclass
 class PrefillSpan:
@@ -36,8 +40,9 @@ class PrefillSpan:
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [T] flat slot where each new token's K/V is written
     num_decode: int = 0  # rows [0, num_decode) are single-token decode queries
-    decode_blocks: Optional[torch.Tensor] = None  # [B * nblk] blocks of each decode context, row-major
-    decode_mask: Optional[torch.Tensor] = None  # [B, 1, 1, nblk * block_size] True where attended
+    decode_blocks: Optional[torch.Tensor] = None  # [B, nblk] blocks of each decode context (padded)
+    decode_lens: Optional[torch.Tensor] = None  # [B] context length of each decode query
+    decode_mask: Optional[torch.Tensor] = None  # [B, 1, 1, nblk * block_size]; None: use the native kernel
     prefills: list[PrefillSpan] = field(default_factory=list)
     workspace: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # two [N, block_size, Hkv, D] buffers
 
@@ -58,10 +63,14 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     gqa = q.shape[1] != hkv
     out = torch.empty_like(q)
     nd = meta.num_decode
-    if nd:
+    if nd and meta.decode_mask is None:
+        out[:nd] = kernels.paged_decode(q[:nd].contiguous(), k_cache, v_cache, meta.decode_blocks,
+                                        meta.decode_lens, scale)
+    elif nd:
         wk, wv = meta.workspace
-        keys = _gather(k_cache, meta.decode_blocks, wk).view(nd, -1, hkv, d).transpose(1, 2)
-        vals = _gather(v_cache, meta.decode_blocks, wv).view(nd, -1, hkv, d).transpose(1, 2)
+        blocks = meta.decode_blocks.view(-1)
+        keys = _gather(k_cache, blocks, wk).view(nd, -1, hkv, d).transpose(1, 2)
+        vals = _gather(v_cache, blocks, wv).view(nd, -1, hkv, d).transpose(1, 2)
         o = F.scaled_dot_product_attention(q[:nd].unsqueeze(2), keys, vals, attn_mask=meta.decode_mask,
                                            scale=scale, enable_gqa=gqa)
         out[:nd] = o.squeeze(2)

@@ -1,0 +1,95 @@
+"""Small native kernels for the CPU path, built on first use with the system C compiler.
+
+``paged_decode`` answers one query token per sequence straight from the paged KV cache,
+reading every key and value once, in place. It is built with ``cc -O3 -march=native``
+into ``$SEER_CACHE_DIR`` (default ``~/.cache/seer``) the first time it is needed; where
+no compiler is found, or ``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the
+attention layer falls back to the torch path (gather + SDPA), which gives the same
+results up to float rounding.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from typing import Optional
+
+import torch
+
+log = logging.getLogger("seer.kernels")
+
+_SRC = os.path.join(os.path.dirname(__file__), "paged_attention.c")
+_lock = threading.Lock()
+_lib: Optional[ctypes.CDLL] = None
+_tried = False
+
+
+def _cache_dir() -> str:
+    return os.environ.get("SEER_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "seer")
+
+
+def _build() -> Optional[ctypes.CDLL]:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        log.info("no C compiler found: using the torch attention path")
+        return None
+    with open(_SRC, "rb") as f:
+        src = f.read()
+    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
+    key = hashlib.sha256(src + " ".join(flags).encode() + os.uname().machine.encode()).hexdigest()[:16]
+    out = os.path.join(_cache_dir(), f"paged_attention_{key}.so")
+    if not os.path.exists(out):
+        os.makedirs(_cache_dir(), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+        os.close(fd)
+        res = subprocess.run([cc, *flags, _SRC, "-o", tmp, "-lm"], capture_output=True, text=True)
+        if res.returncode != 0:
+            os.unlink(tmp)
+            log.warning("building the native decode kernel failed, using the torch path:\n%s", res.stderr[-2000:])
+            return None
+        os.replace(tmp, out)  # atomic: concurrent builders never see a partial file
+    lib = ctypes.CDLL(out)
+    fn = lib.seer_paged_decode
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+    return lib
+
+
+def available() -> bool:
+    global _lib, _tried
+    if not _tried:
+        with _lock:
+            if not _tried:
+                if os.environ.get("SEER_NATIVE_KERNELS", "1") != "0":
+                    try:
+                        _lib = _build()
+                    except Exception as e:  # noqa: BLE001 - a missing kernel must never break serving
+                        log.warning("native decode kernel unavailable (%s); using the torch path", e)
+                _tried = True
+    return _lib is not None
+
+
+def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
+                 context_lens: torch.Tensor, scale: float) -> torch.Tensor:
+    """q ``[B, Hq, D]`` fp32 contiguous; caches ``[N, block_size, Hkv, D]``; block_table ``[B, M]``
+    int64; context_lens ``[B]`` int64 -> ``[B, Hq, D]``."""
+    B, Hq, D = q.shape
+    _, bs, Hkv, _ = k_cache.shape
+    out = torch.empty_like(q)
+    rc = _lib.seer_paged_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_table.data_ptr(),
+                                context_lens.data_ptr(), out.data_ptr(), B, Hq, Hkv, D, bs,
+                                block_table.shape[1], scale, torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"native decode kernel failed (code {rc})")
+    return out
+
+
+def usable_for(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    return (q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
+            and k_cache.is_contiguous() and available())
