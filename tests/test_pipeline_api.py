@@ -527,9 +527,7 @@ def _stop_word_case(tokenizer, ids: list[int], text: str, span_two_tokens: bool)
 
 @pytest.mark.parametrize("span", [
     pytest.param(False, id="one_token_word"),
-    pytest.param(True, id="word_across_two_tokens", marks=pytest.mark.xfail(
-        strict=True, reason="text before the stop word's last token was already emitted and is never "
-                            "taken back: engine._check_stop must hold back len(longest stop word)-1 chars")),
+    pytest.param(True, id="word_across_two_tokens"),
 ])
 def test_stop_word_ends_the_text_right_before_it(vl_pipe, img1, span):
     gen = GenerationConfig(max_new_tokens=48, ignore_eos=True)
@@ -554,8 +552,6 @@ def _first_new_token(ids: list[int], start: int = 3) -> int:
     raise AssertionError(f"every token of {ids} repeats an earlier one")
 
 
-@pytest.mark.xfail(strict=True, reason="seer appends the stop token's own text to Response.text "
-                                       "(engine._check_stop flushes it); it must end before the stop token")
 def test_stop_token_ids_stop_and_the_token_is_not_in_the_text(vl_pipe, img1):
     greedy = vl_pipe(("describe", img1), gen_config=GREEDY)
     k = _first_new_token(greedy.token_ids)
@@ -566,8 +562,6 @@ def test_stop_token_ids_stop_and_the_token_is_not_in_the_text(vl_pipe, img1):
     assert r.text == vl_pipe.tokenizer.decode(greedy.token_ids[:k], skip_special_tokens=True)
 
 
-@pytest.mark.xfail(strict=True, reason="seer keeps the stop token in Response.token_ids / generate_token_len; "
-                                       "LMDeploy drops it (async_engine: token_ids[:output_len - hit_stop_token])")
 def test_stop_token_is_not_in_the_token_ids(vl_pipe, img1):
     greedy = vl_pipe(("describe", img1), gen_config=GREEDY)
     k = _first_new_token(greedy.token_ids)

@@ -143,15 +143,18 @@ class Engine:
             tok = sampled.token_ids[i]
             seq.token_ids.append(tok)
             self.stats["generation_tokens"] += 1
-            reason, text = self._check_stop(seq, tok, self._detok(seq).push(tok))
-            logits = result.logits[i:i + 1].cpu() if seq.gen.output_logits else None
-            lp = [sampled.logprobs[i]] if seq.gen.logprobs is not None else None
-            if reason:
-                seq.finish_reason = reason
-                self.scheduler.finish(seq, reason)
-                del self._seqs[seq.request_id]
-                self.stats["finished"] += 1
-            self._emit(seq, [tok], text, lp, logits)
+            g = seq.gen
+            if (tok in self.eos_ids and not g.ignore_eos) or tok in (g.stop_token_ids or ()):
+                # As in LMDeploy, the stop token itself is not part of the output.
+                seq.state["hidden"] = 1
+                text, _ = self._text(seq, "", final=True)
+                self._emit(seq, [], text, None, None, reason="stop")
+                continue
+            done = seq.num_output_tokens >= g.max_new_tokens or seq.num_tokens >= seq.max_total_tokens
+            text, hit = self._text(seq, self._detok(seq).push(tok), final=done)
+            logits = result.logits[i:i + 1].cpu() if g.output_logits else None
+            lp = [sampled.logprobs[i]] if g.logprobs is not None else None
+            self._emit(seq, [tok], text, lp, logits, reason="stop" if hit else "length" if done else None)
 
     def _detok(self, seq: Sequence) -> IncrementalDetokenizer:
         d = seq.state.get("detok")
@@ -160,52 +163,54 @@ class Engine:
             d = seq.state["detok"] = IncrementalDetokenizer(
                 self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], g.skip_special_tokens,
                 g.spaces_between_special_tokens)
-            seq.state["text"] = ""
+            seq.state["text"], seq.state["shown"] = "", 0
         return d
 
-    def _check_stop(self, seq: Sequence, tok: int, text: str) -> tuple[Optional[str], str]:
-        """Why ``seq`` stops after ``tok`` (or None), and the new text to show.
+    def _text(self, seq: Sequence, new: str, final: bool) -> tuple[str, bool]:
+        """The text to show now, and whether a stop word was hit.
 
-        A stop word ends the text just before it; any other finish flushes what the
-        detokenizer still held back.
+        ``state["text"]`` is all decoded text, ``state["shown"]`` how much of it was shown.
+        A stop word ends the text just before it; while one might still be forming, the
+        last ``len(longest stop word) - 1`` characters are held back.
         """
-        g = seq.gen
-        before = seq.state["text"]
-        if g.stop_words and seq.num_output_tokens >= g.min_new_tokens:
-            full = before + text
-            lo = max(0, len(before) - max(len(w) for w in g.stop_words))
-            hits = [h for h in (full.find(w, lo) for w in g.stop_words) if h >= 0]
-            if hits:
-                cut = min(hits)
-                seq.state["text"] = full[:cut]
-                return "stop", full[len(before):cut]
-        reason = None
-        if (tok in self.eos_ids and not g.ignore_eos) or tok in (g.stop_token_ids or ()):
-            reason = "stop"
-        elif seq.num_output_tokens >= g.max_new_tokens or seq.num_tokens >= seq.max_total_tokens:
-            reason = "length"
-        if reason:
-            text += self._detok(seq).flush()
-        seq.state["text"] = before + text
-        return reason, text
+        detok = self._detok(seq)
+        st, g = seq.state, seq.gen
+        full = st["text"] + new + (detok.flush() if final else "")
+        shown = st["shown"]
+        words = g.stop_words if g.stop_words and seq.num_output_tokens >= g.min_new_tokens else ()
+        hits = [h for h in (full.find(w, shown) for w in words) if h >= 0]
+        if hits:
+            cut = min(hits)
+            st["text"], st["shown"] = full[:cut], cut
+            return full[shown:cut], True
+        hold = 0 if final or not words else max(len(w) for w in words) - 1
+        end = max(shown, len(full) - hold)
+        st["text"], st["shown"] = full, end
+        return full[shown:end], False
 
     def _finish(self, seq: Sequence, reason: str) -> None:
-        self.scheduler.finish(seq, reason)
-        self._seqs.pop(seq.request_id, None)
-        self._emit(seq, [], "", None, None, error=seq.error if reason == "error" else None)
+        self._emit(seq, [], "", None, None, reason=reason, error=seq.error if reason == "error" else None)
 
     def _abort_all(self, why: str) -> None:
         for seq in list(self._seqs.values()):
             seq.error = why
             self._finish(seq, "abort")
 
-    def _emit(self, seq: Sequence, toks, text, lp, logits, error: Optional[str] = None) -> None:
+    def _emit(self, seq: Sequence, toks, text, lp, logits, reason: Optional[str] = None,
+              error: Optional[str] = None) -> None:
+        """Deliver one delta; with a ``reason`` the request finishes here and leaves the engine."""
+        if reason and not seq.is_finished:
+            seq.finish_reason = reason
+            self.scheduler.finish(seq, reason)
+            self._seqs.pop(seq.request_id, None)
+            self.stats["finished"] += 1
         if seq.sink is None:
             return
         finished = seq.is_finished or error is not None
         out = RequestOutput(
             request_id=seq.request_id, new_token_ids=toks, new_text=text,
-            num_prompt_tokens=seq.num_prompt_tokens, num_output_tokens=seq.num_output_tokens,
+            num_prompt_tokens=seq.num_prompt_tokens,
+            num_output_tokens=seq.num_output_tokens - seq.state.get("hidden", 0),
             finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
             error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens)
         try:

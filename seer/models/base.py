@@ -43,8 +43,11 @@ def read_config_json(path: str) -> dict:
     cfg = os.path.join(path, "config.json")
     if not os.path.isfile(cfg):
         raise ValueError(f"model folder {path!r} has no config.json; a Hugging Face layout folder is expected")
-    with open(cfg) as f:
-        return json.load(f)
+    try:
+        with open(cfg) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"could not read {cfg}: {e}; it must be the model's JSON config") from e
 
 
 def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
@@ -54,7 +57,11 @@ def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         from safetensors import safe_open
 
         for f in files:
-            with safe_open(f, framework="pt") as st:
+            try:
+                st = safe_open(f, framework="pt")
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
+                raise ValueError(f"could not read weights file {f}: {e}") from e
+            with st:
                 for name in st.keys():
                     yield name, st.get_tensor(name)
         return
@@ -113,7 +120,9 @@ class ModelFamily:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.path)
+            # Remote code is never run: checkpoints that ship their own tokenizer class get
+            # transformers' generic fast tokenizer over their tokenizer files.
+            return AutoTokenizer.from_pretrained(self.path, trust_remote_code=False)
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"could not load the tokenizer from {self.path!r}: {e}") from e
 
