@@ -283,6 +283,8 @@ def _from_config(config: ChatTemplateConfig) -> ChatTemplate:
     template = get_builtin(config.model_name)
     changes = {k: getattr(config, k) for k in ("system", "user", "eoh", "assistant", "eoa", "separator")
                if getattr(config, k) is not None}
+    if config.eosys is not None:
+        changes["system_suffix"] = config.eosys
     if config.stop_words is not None:
         changes["stop_words"] = [config.stop_words] if isinstance(config.stop_words, str) else list(config.stop_words)
     if config.meta_instruction is not None and config.system not in (None, config.meta_instruction):

@@ -159,6 +159,7 @@ class ChatTemplateConfig:
     assistant: Optional[str] = None
     eoa: Optional[str] = None
     separator: Optional[str] = None
+    eosys: Optional[str] = None  # LMDeploy's end-of-system marker (the system block's suffix)
 
     def __post_init__(self):
         _check(isinstance(self.model_name, str) and self.model_name, "model_name",

@@ -90,6 +90,7 @@ class Engine:
 
     # ---- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
+        why = "the engine was closed"
         try:
             while not self._stop.is_set():
                 self._drain_inbox()
@@ -99,12 +100,13 @@ class Engine:
                     continue
                 self.step()
         except BaseException:  # noqa: BLE001 - a dead loop must fail every waiter, not hang them
-            msg = traceback.format_exc()
-            log.error("engine loop died:\n%s", msg)
-            for seq in list(self._seqs.values()):
-                self._emit(seq, [], "", None, None, error="engine died: " + msg.splitlines()[-1])
+            log.error("engine loop died:\n%s", traceback.format_exc())
+            why = "the engine died: " + traceback.format_exc().strip().splitlines()[-1]
         finally:
-            self._abort_all("the engine was closed")
+            self._drain_inbox()
+            for seq in list(self._seqs.values()):
+                seq.error = why
+                self._finish(seq, "abort")
 
     def _drain_inbox(self) -> None:
         while True:
@@ -189,12 +191,7 @@ class Engine:
         return full[shown:end], False
 
     def _finish(self, seq: Sequence, reason: str) -> None:
-        self._emit(seq, [], "", None, None, reason=reason, error=seq.error if reason == "error" else None)
-
-    def _abort_all(self, why: str) -> None:
-        for seq in list(self._seqs.values()):
-            seq.error = why
-            self._finish(seq, "abort")
+        self._emit(seq, [], "", None, None, reason=reason, error=seq.error)
 
     def _emit(self, seq: Sequence, toks, text, lp, logits, reason: Optional[str] = None,
               error: Optional[str] = None) -> None:
