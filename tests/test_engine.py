@@ -109,3 +109,16 @@ def test_native_decode_equals_torch_path(B, Hq, Hkv, D, bs):
                                  decode_mask=decode_mask, workspace=work)
         outs.append(paged_attention(q, new_k, new_v, kc.clone(), vc.clone(), meta, D ** -0.5))
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_kv_pool_is_a_share_of_free_memory_capped_by_use(monkeypatch):
+    from seer.config import EngineConfig
+    from seer.engine import engine as eng_mod
+
+    monkeypatch.setattr(eng_mod, "_available_ram", lambda: 1000 * 4096)
+    cpu = torch.device("cpu")
+    cfg = EngineConfig(cache_max_entry_count=0.5, block_size=16, max_batch_size=4)
+    assert eng_mod.kv_cache_blocks(cfg, 4096, session_len=10_000, device=cpu) == 500
+    # never more than max_batch_size sequences of session_len can use
+    assert eng_mod.kv_cache_blocks(cfg, 4096, session_len=32, device=cpu) == 4 * 2 + 1
+    assert eng_mod.kv_cache_blocks(EngineConfig(num_gpu_blocks=7), 4096, 10_000, cpu) == 7
