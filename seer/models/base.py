@@ -50,20 +50,44 @@ def read_config_json(path: str) -> dict:
         raise ValueError(f"could not read {cfg}: {e}; it must be the model's JSON config") from e
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
+def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of one .safetensors file, read with plain file reads, one at a time.
+
+    Not mmap: reading a mapped file leaves all of its pages counted in our RSS until it is
+    closed, so loading would briefly hold the weights twice. Here at most one tensor is
+    in flight beside the model. Format: u64 header size, JSON header, raw data.
+    """
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
+            base = 8 + size
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = info["data_offsets"]
+                f.seek(base + start)
+                buf = bytearray(end - start)
+                if f.readinto(buf) != end - start:
+                    raise ValueError(f"tensor {name!r} is cut short")
+                dtype = _ST_DTYPES[info["dtype"]]
+                t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+                yield name, t.view(info["shape"])
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"could not read weights file {path}: {e}") from e
+
+
 def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of a checkpoint folder, one at a time (safetensors, else PyTorch .bin)."""
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
     if files:
-        from safetensors import safe_open
-
         for f in files:
-            try:
-                st = safe_open(f, framework="pt")
-            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
-                raise ValueError(f"could not read weights file {f}: {e}") from e
-            with st:
-                for name in st.keys():
-                    yield name, st.get_tensor(name)
+            yield from _read_safetensors(f)
         return
     files = sorted(glob.glob(os.path.join(path, "pytorch_model*.bin")))
     if not files:
