@@ -12,10 +12,12 @@ goes on; one bad request never takes the others down.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import queue
 import threading
 import traceback
+import weakref
 from typing import Optional
 
 import torch
@@ -52,6 +54,9 @@ class Engine:
         self.stats = {"steps": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0}
         self._thread = threading.Thread(target=self._loop, name="seer-engine", daemon=True)
         self._thread.start()
+        # Stop the loop before the interpreter tears down torch under a running step.
+        ref = weakref.ref(self)
+        atexit.register(lambda: ref() is not None and ref().close(timeout=5.0))
 
     # ---- the public face (any thread) -----------------------------------------------------
     def add_request(self, inputs: PromptInputs, gen: GenerationConfig, sink: Sink) -> int:
