@@ -1,5 +1,9 @@
 """seer: a fast inference engine and server for vision-language models and LLMs."""
 
+from ._malloc import limit_arenas as _limit_arenas
+
+_limit_arenas()
+
 from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, PytorchEngineConfig,
                      TurbomindEngineConfig, VisionConfig)
 from .pipeline import Pipeline, Response, Session, pipeline
