@@ -25,11 +25,13 @@ class ImageServer:
     def __init__(self):
         self.routes: dict[str, tuple[int, bytes, str, float]] = {}
         self.hits: list[str] = []
-        routes, hits = self.routes, self.hits
+        self.agents: list[str] = []
+        routes, hits, agents = self.routes, self.hits, self.agents
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):  # noqa: N802 - http.server naming
                 hits.append(self.path)
+                agents.append(self.headers.get("User-Agent"))
                 status, body, ctype, delay = routes.get(self.path, (404, b"not found", "text/plain", 0.0))
                 if delay:
                     time.sleep(delay)

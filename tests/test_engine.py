@@ -122,3 +122,14 @@ def test_kv_pool_is_a_share_of_free_memory_capped_by_use(monkeypatch):
     # never more than max_batch_size sequences of session_len can use
     assert eng_mod.kv_cache_blocks(cfg, 4096, session_len=32, device=cpu) == 4 * 2 + 1
     assert eng_mod.kv_cache_blocks(EngineConfig(num_gpu_blocks=7), 4096, 10_000, cpu) == 7
+
+
+def test_a_request_too_big_for_the_pool_fails_alone(tiny_llava):
+    from seer import EngineConfig
+
+    with pipeline(tiny_llava, EngineConfig(num_gpu_blocks=4, block_size=4)) as p:
+        out = p(["a fairly long prompt that needs more than four blocks of four tokens each, surely", "hi"],
+                gen_config=GenerationConfig(max_new_tokens=2, ignore_eos=True))
+        assert out[0].finish_reason == "error" and "KV cache" in out[0].error
+        assert out[1].finish_reason == "length"
+        assert not p.engine._seqs  # nothing left behind

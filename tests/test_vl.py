@@ -3,16 +3,15 @@
 import base64
 import io
 import pathlib
-import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
 from seer.vl import IMAGE_TOKEN, ImageLoadError, image_hash, load_image
 from seer.vl.constants import IMAGE_FETCH_TIMEOUT_ENV
+
+from http_images import ImageServer, closed_port_url
 
 
 def _png_bytes(color=(10, 20, 30), size=(8, 6), mode="RGB") -> bytes:
@@ -24,44 +23,18 @@ def _png_bytes(color=(10, 20, 30), size=(8, 6), mode="RGB") -> bytes:
 PNG = _png_bytes()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    seen_agents: list = []
-
-    def do_GET(self):  # noqa: N802 - http.server naming
-        _Handler.seen_agents.append(self.headers.get("User-Agent"))
-        if self.path == "/img.png":
-            self._reply(200, PNG, "image/png")
-        elif self.path == "/slow.png":
-            time.sleep(1.5)
-            self._reply(200, PNG, "image/png")
-        elif self.path == "/text":
-            self._reply(200, b"hello, not an image", "text/plain")
-        else:
-            self._reply(404, b"not found", "text/plain")
-
-    def _reply(self, status, body, ctype):
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client gave up (timeout test)
-
-    def log_message(self, *args):
-        pass
+@pytest.fixture(scope="module")
+def image_server():
+    with ImageServer() as srv:
+        srv.add("/img.png", PNG)
+        srv.add("/slow.png", PNG, delay=1.5)
+        srv.add("/text", b"hello, not an image", ctype="text/plain")
+        yield srv
 
 
 @pytest.fixture(scope="module")
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+def server(image_server):
+    return image_server.url("")
 
 
 def test_image_token_matches_lmdeploy():
@@ -100,10 +73,10 @@ def test_data_uri():
     assert load_image(uri).getpixel((2, 2)) == (10, 20, 30)
 
 
-def test_http_url(server):
+def test_http_url(server, image_server):
     img = load_image(server + "/img.png")
     assert img.mode == "RGB" and img.size == (8, 6)
-    assert _Handler.seen_agents and _Handler.seen_agents[-1]
+    assert image_server.agents and image_server.agents[-1]
 
 
 def test_http_404(server):
@@ -126,12 +99,8 @@ def test_http_not_an_image(server):
 
 
 def test_unreachable_url():
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()  # nothing listens there now
     with pytest.raises(ValueError, match="unreachable"):
-        load_image(f"http://127.0.0.1:{port}/x.png")
+        load_image(closed_port_url("/x.png"))
 
 
 def test_invalid_timeout_setting(monkeypatch, server):

@@ -52,10 +52,9 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN, "<|im_start|>", 
 
 TEXT_ARCHS = ("llama", "mistral", "qwen2", "qwen3")
 
-# LLaVA-1.5 (Vicuna v1) style: "<s>USER: <image>\nwhat is this? ASSISTANT:".
 # content may be a string or a list of {"type": "text", "text": ...} / {"type": "image"} parts,
-# rendered in order. System text is followed by a space; assistant turns end with "</s>".
-LLAVA_CHAT_TEMPLATE = (
+# rendered in order.
+_RENDER_CONTENT = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for part in content -%}"
@@ -64,6 +63,10 @@ LLAVA_CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
+)
+# LLaVA-1.5 (Vicuna v1) style: "<s>USER: <image>\nwhat is this? ASSISTANT:".
+# System text is followed by a space; assistant turns end with "</s>".
+LLAVA_CHAT_TEMPLATE = _RENDER_CONTENT + (
     "{{ bos_token }}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}{{ render(message['content']) + ' ' }}"
@@ -75,15 +78,7 @@ LLAVA_CHAT_TEMPLATE = (
 )
 
 # InternLM2-chat's published template (ChatML after the bos token), extended to content parts.
-CHATML_CHAT_TEMPLATE = (
-    "{%- macro render(content) -%}"
-    "{%- if content is string -%}{{ content }}"
-    "{%- else -%}{%- for part in content -%}"
-    "{%- if part['type'] == 'image' or part['type'] == 'image_url' -%}{{ '<image>\n' }}"
-    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- endif -%}"
-    "{%- endfor -%}{%- endif -%}"
-    "{%- endmacro -%}"
+CHATML_CHAT_TEMPLATE = _RENDER_CONTENT + (
     "{{ bos_token }}"
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' + render(message['content']) + '<|im_end|>' + '\n' }}"

@@ -204,8 +204,9 @@ class Engine:
         if reason and not seq.is_finished:
             seq.finish_reason = reason
             self.scheduler.finish(seq, reason)
-            self._seqs.pop(seq.request_id, None)
             self.stats["finished"] += 1
+        if seq.is_finished:
+            self._seqs.pop(seq.request_id, None)
         if seq.sink is None:
             return
         finished = seq.is_finished or error is not None
