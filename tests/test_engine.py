@@ -133,3 +133,29 @@ def test_a_request_too_big_for_the_pool_fails_alone(tiny_llava):
         assert out[0].finish_reason == "error" and "KV cache" in out[0].error
         assert out[1].finish_reason == "length"
         assert not p.engine._seqs  # nothing left behind
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (16, 640, 1920, False)])
+def test_small_linear_equals_torch(M, K, N, bias):
+    g = torch.Generator().manual_seed(M)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    torch.testing.assert_close(kernels.small_linear(x, w, b), torch.nn.functional.linear(x, w, b),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_torch_path_without_native_kernels(tiny_llava, monkeypatch):
+    """Where no C compiler exists (or on CUDA) the torch paths run: same tokens as transformers."""
+    import tiny_models as tm
+
+    monkeypatch.setattr(kernels, "available", lambda: False)
+    images = [tm.make_image(3)]
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe"}]}]
+    want = tm.hf_greedy(tiny_llava, tm.hf_inputs(tiny_llava, msgs, images), max_new_tokens=24, ignore_eos=True)
+    with pipeline(tiny_llava) as p:
+        assert not p.engine.runner.native_decode
+        gen = GenerationConfig(max_new_tokens=24, ignore_eos=True)
+        assert p(("describe", images), gen_config=gen).token_ids == want
+        batch = p([("describe", images), ("describe", [tm.make_image(4)]), "hello"], gen_config=gen)
+        assert batch[0].token_ids == want

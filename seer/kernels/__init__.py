@@ -1,11 +1,14 @@
 """Small native kernels for the CPU path, built on first use with the system C compiler.
 
-``paged_decode`` answers one query token per sequence straight from the paged KV cache,
-reading every key and value once, in place. It is built with ``cc -O3 -march=native``
-into ``$SEER_CACHE_DIR`` (default ``~/.cache/seer``) the first time it is needed; where
-no compiler is found, or ``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the
-attention layer falls back to the torch path (gather + SDPA), which gives the same
-results up to float rounding.
+- ``paged_decode`` answers one query token per sequence straight from the paged KV cache,
+  reading every key and value once, in place.
+- ``small_linear`` is the decode-step matmul (a few rows times a weight): it streams the
+  weight once at memory speed, where BLAS repacks it on every call.
+
+Both are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
+``~/.cache/seer``) the first time they are needed; where no compiler is found, or
+``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the callers use torch instead,
+which gives the same results up to float rounding.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 
 log = logging.getLogger("seer.kernels")
 
-_SRC = os.path.join(os.path.dirname(__file__), "paged_attention.c")
+_SRCS = [os.path.join(os.path.dirname(__file__), f) for f in ("paged_attention.c", "small_linear.c")]
+# Rows up to which small_linear beats BLAS on these CPUs (measured: benchmarks/BENCHMARKS.md).
+SMALL_LINEAR_MAX_ROWS = 16
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -39,16 +44,15 @@ def _build() -> Optional[ctypes.CDLL]:
     if cc is None:
         log.info("no C compiler found: using the torch attention path")
         return None
-    with open(_SRC, "rb") as f:
-        src = f.read()
+    src = b"".join(open(p, "rb").read() for p in _SRCS)
     flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
     key = hashlib.sha256(src + " ".join(flags).encode() + os.uname().machine.encode()).hexdigest()[:16]
-    out = os.path.join(_cache_dir(), f"paged_attention_{key}.so")
+    out = os.path.join(_cache_dir(), f"seer_kernels_{key}.so")
     if not os.path.exists(out):
         os.makedirs(_cache_dir(), exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
         os.close(fd)
-        res = subprocess.run([cc, *flags, _SRC, "-o", tmp, "-lm"], capture_output=True, text=True)
+        res = subprocess.run([cc, *flags, *_SRCS, "-o", tmp, "-lm"], capture_output=True, text=True)
         if res.returncode != 0:
             os.unlink(tmp)
             log.warning("building the native decode kernel failed, using the torch path:\n%s", res.stderr[-2000:])
@@ -58,6 +62,9 @@ def _build() -> Optional[ctypes.CDLL]:
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+    fn = lib.seer_small_linear
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -87,6 +94,18 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
                                 block_table.shape[1], scale, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native decode kernel failed (code {rc})")
+    return out
+
+
+def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x @ weight.T + bias`` for ``x`` ``[M, K]`` with few rows; fp32, CPU, contiguous."""
+    M, K = x.shape
+    N = weight.shape[0]
+    out = torch.empty(M, N, dtype=x.dtype)
+    rc = _lib.seer_small_linear(x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
+                                out.data_ptr(), M, K, N, torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"native linear kernel failed (code {rc})")
     return out
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers.attention import AttentionMetadata, paged_attention
+from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
 from ..layers.rotary import RotaryEmbedding, apply_rotary, rope_inv_freq
 
@@ -64,14 +65,14 @@ class DecoderLayer(nn.Module):
         self.s = s
         self.q_size, self.kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.qkv_proj = nn.Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, s.hidden_size, bias=False)
+        self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
+        self.o_proj = Linear(self.q_size, s.hidden_size, bias=False)
         if s.qk_norm:
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.gate_up_proj = nn.Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=False)
+        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
+        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False)
 
     def shard(self, param: str, shard) -> tuple[int, int]:
         """Row range of a fused parameter that one checkpoint tensor fills."""
@@ -108,7 +109,7 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(s) for _ in range(s.num_layers))
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.lm_head = nn.Linear(s.hidden_size, s.vocab_size, bias=False)
+        self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
         self.rotary: Optional[RotaryEmbedding] = None
 
     def finish_init(self) -> None:
