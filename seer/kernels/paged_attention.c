@@ -86,6 +86,9 @@ int seer_paged_decode(const float *q, const float *kc, const float *vc, const in
                       int64_t bs, int64_t max_blocks, float scale, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
+    int64_t total = 0; /* keys to read, summed over sequences */
+    for (int64_t b = 0; b < B; b++) total += lens[b];
+    if (total * Hkv * D < (int64_t)1 << 18) nthreads = 1; /* thread start-up would cost more */
     int64_t splits = 1;
     while (B * splits < 2 * nthreads && splits < Hkv) splits++;
     const int64_t items = B * splits;

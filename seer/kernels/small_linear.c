@@ -35,7 +35,8 @@ int seer_small_linear(const float *x, const float *w, const float *b, float *y, 
                       int64_t N, int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > 64) nthreads = 64;
-    if (N < 64 * nthreads) nthreads = 1;
+    /* A thread costs tens of microseconds to start: only split work worth it. */
+    if (N < 64 * nthreads || M * K * N < (int64_t)1 << 20) nthreads = 1;
     slice_t s[64];
     pthread_t tid[64];
     for (int i = 0; i < nthreads; i++)
