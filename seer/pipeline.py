@@ -236,8 +236,10 @@ def _progress(total: int, use_tqdm: Optional[bool]):
 def _build_engine(family: ModelFamily, cfg: EngineConfig, vcfg: VisionConfig) -> Engine:
     kv = family.kv_spec()
     num_blocks = kv_cache_blocks(cfg, kv.bytes_per_block(cfg.block_size), family.session_len, family.device)
+    window = family.model.spec.sliding_window
+    window = window if window and window < family.session_len else None  # no context can exceed it
     runner = ModelRunner(family.model, kv, num_blocks, cfg.block_size, family.device,
-                         vcfg.max_batch_size, vcfg.feature_cache_size, family.model.spec.sliding_window)
+                         vcfg.max_batch_size, vcfg.feature_cache_size, window)
     return Engine(runner, num_blocks, cfg, family.tokenizer, family.eos_token_ids, family.session_len)
 
 

@@ -62,3 +62,28 @@ def _close_pipes():
     yield
     for p in _llava_pipes.values():
         p.close()
+
+
+def test_mistral_sliding_window(tiny_mistral, tmp_path):
+    """A window shorter than the context: the masks must follow transformers' sliding window."""
+    import json
+    import shutil
+
+    path = str(tmp_path / "mistral_window")
+    shutil.copytree(tiny_mistral, path)
+    with open(f"{path}/config.json") as f:
+        cfg = json.load(f)
+    cfg["sliding_window"] = 8
+    with open(f"{path}/config.json", "w") as f:
+        json.dump(cfg, f)
+    msgs = [{"role": "user", "content": "describe a big red circle on the left of the picture please"}]
+    inputs = tm.hf_inputs(path, msgs, [])
+    assert inputs["input_ids"].shape[1] > 2 * 8
+    expected = tm.hf_greedy(path, inputs, max_new_tokens=N, ignore_eos=True)
+    with pipeline(path) as pipe:
+        assert pipe.engine.runner.sliding_window == 8
+        got = pipe(msgs, gen_config=GEN).token_ids
+    with pipeline(tiny_mistral) as full:
+        unwindowed = full(msgs, gen_config=GEN).token_ids
+    assert got == expected
+    assert got != unwindowed  # the window really changed the computation
