@@ -87,19 +87,10 @@ def output_lengths(n: int, lo: int, hi: int, seed: int) -> list[int]:
 
 
 def make_image(seed: int, size: tuple[int, int] = (640, 480)):
-    """A deterministic RGB picture of a few coloured rectangles and ellipses."""
-    from PIL import Image, ImageDraw
+    """A deterministic RGB picture of 3-8 coloured rectangles and ellipses (the tests' generator)."""
+    import tiny_models
 
-    rng = random.Random(seed)
-    w, h = size
-    col = lambda: (rng.randrange(256), rng.randrange(256), rng.randrange(256))  # noqa: E731
-    img = Image.new("RGB", (w, h), col())
-    draw = ImageDraw.Draw(img)
-    for _ in range(rng.randint(3, 8)):
-        x0, y0, x1, y1 = rng.randrange(w), rng.randrange(h), rng.randrange(w), rng.randrange(h)
-        box = [min(x0, x1), min(y0, y1), max(x0, x1) + 2, max(y0, y1) + 2]
-        (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, fill=col())
-    return img
+    return tiny_models.make_image(seed, size, max_shapes=8)
 
 
 def image_messages(question: str) -> list[dict]:

@@ -66,3 +66,12 @@ def tiny_llava(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_llava_mistral(tmp_path_factory):
     return tiny_models.build_llava(str(tmp_path_factory.mktemp("tiny") / "llava_mistral"), lm="mistral")
+
+
+@pytest.fixture(scope="module")
+def text_pipe(tiny_llama):
+    """A pipeline over the tiny Llama, shared by the tests of one module."""
+    from seer import pipeline
+
+    with pipeline(tiny_llama) as pipe:
+        yield pipe

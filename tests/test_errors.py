@@ -37,13 +37,6 @@ def pipe(tiny_llava):
 
 
 @pytest.fixture(scope="module")
-def text_pipe(tiny_llama):
-    p = pipeline(tiny_llama)
-    yield p
-    p.close()
-
-
-@pytest.fixture(scope="module")
 def img():
     return tm.make_image(3)
 

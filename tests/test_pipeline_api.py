@@ -51,13 +51,6 @@ def vl_pipe(tiny_llava):
 
 
 @pytest.fixture(scope="module")
-def text_pipe(tiny_llama):
-    pipe = pipeline(tiny_llama)
-    yield pipe
-    pipe.close()
-
-
-@pytest.fixture(scope="module")
 def img1():
     return tm.make_image(1)
 

@@ -637,7 +637,7 @@ def hf_greedy(model_dir: str, inputs: Union[dict, Sequence[int]], max_new_tokens
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-def make_image(seed: int, size: tuple[int, int] = (64, 48)):
+def make_image(seed: int, size: tuple[int, int] = (64, 48), max_shapes: int = 6):
     """A deterministic RGB image of a few coloured rectangles/ellipses on a coloured background."""
     from PIL import Image, ImageDraw
 
@@ -646,7 +646,7 @@ def make_image(seed: int, size: tuple[int, int] = (64, 48)):
     col = lambda: (rng.randrange(256), rng.randrange(256), rng.randrange(256))  # noqa: E731
     img = Image.new("RGB", (w, h), col())
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.randint(3, 6)):
+    for _ in range(rng.randint(3, max_shapes)):
         x0, y0 = rng.randrange(w), rng.randrange(h)
         x1, y1 = rng.randrange(w), rng.randrange(h)
         box = [min(x0, x1), min(y0, y1), max(x0, x1) + 2, max(y0, y1) + 2]
