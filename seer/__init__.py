@@ -6,11 +6,13 @@ _limit_arenas()
 
 from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, PytorchEngineConfig,
                      TurbomindEngineConfig, VisionConfig)
+from .llm import LLM, SamplingParams
 from .pipeline import Pipeline, Response, Session, pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
     "pipeline", "Pipeline", "Response", "Session", "GenerationConfig", "EngineConfig",
-    "TurbomindEngineConfig", "PytorchEngineConfig", "VisionConfig", "ChatTemplateConfig", "__version__",
+    "TurbomindEngineConfig", "PytorchEngineConfig", "VisionConfig", "ChatTemplateConfig", "LLM",
+    "SamplingParams", "__version__",
 ]

@@ -1,0 +1,204 @@
+"""vLLM's offline face: ``LLM``, ``SamplingParams`` and vLLM-shaped outputs, over seer's engine.
+
+Code written for vLLM's VLM examples ports by changing the import:
+
+    llm = LLM(model=path, max_model_len=4096, limit_mm_per_prompt={"image": 2})
+    outs = llm.generate({"prompt": "USER: <image>\\nWhat is this? ASSISTANT:",
+                         "multi_modal_data": {"image": pil_image}}, SamplingParams(max_tokens=64))
+    outs[0].outputs[0].text, outs[0].prompt_token_ids
+
+A raw ``prompt`` is tokenized as given (no chat template) and the model's own image
+placeholder (``<image>`` for LLaVA) marks where each image goes; ``llm.chat`` applies the
+chat template to OpenAI-style messages. An image may be a PIL image, anything
+``load_image`` accepts, or precomputed embeddings ``[image tokens, hidden]`` (a 3-D
+tensor is a batch of them), which skip the vision encoder.
+"""
+
+from __future__ import annotations
+
+import queue
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .config import EngineConfig, GenerationConfig
+from .engine.request import PromptInputs
+from .messages import split_batch, to_conversation
+from .pipeline import Pipeline, Response
+from .vl import load_image
+
+
+@dataclass
+class SamplingParams:
+    """vLLM's sampling settings (its defaults: temperature 1.0, 16 new tokens)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1  # -1 or 0: no top-k cut
+    min_p: float = 0.0
+    max_tokens: Optional[int] = 16
+    min_tokens: int = 0
+    seed: Optional[int] = None
+    stop: Optional[Union[str, Sequence[str]]] = None
+    stop_token_ids: Optional[Sequence[int]] = None
+    ignore_eos: bool = False
+    logprobs: Optional[int] = None
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    skip_special_tokens: bool = True
+
+    def to_generation_config(self, default_max: int) -> GenerationConfig:
+        if self.n != 1:
+            raise ValueError(f"n={self.n} is invalid: only n=1 is supported")
+        if self.top_k < -1:
+            raise ValueError(f"top_k={self.top_k} is invalid: -1 (no cut) or an integer >= 1")
+        return GenerationConfig(
+            max_new_tokens=self.max_tokens if self.max_tokens is not None else default_max,
+            min_new_tokens=self.min_tokens, do_sample=self.temperature > 0, temperature=self.temperature,
+            top_p=self.top_p, top_k=max(self.top_k, 0), min_p=self.min_p, random_seed=self.seed,
+            stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
+            stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=self.logprobs,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens)
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: Optional[float]
+    logprobs: Optional[list[dict[int, float]]]
+    finish_reason: Optional[str]
+    stop_reason: Optional[Union[int, str]] = None
+
+
+@dataclass
+class RequestOutput:
+    request_id: str
+    prompt: Optional[str]
+    prompt_token_ids: list[int]
+    outputs: list[CompletionOutput] = field(default_factory=list)
+    finished: bool = True
+
+
+class LLM:
+    def __init__(self, model: str, max_model_len: Optional[int] = None, limit_mm_per_prompt: Optional[dict] = None,
+                 dtype: str = "auto", seed: Optional[int] = None, max_num_seqs: Optional[int] = None,
+                 enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.8,
+                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, **kwargs):
+        if dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype={dtype!r} is invalid: one of 'auto', 'float32', 'bfloat16', 'float16'")
+        cfg = EngineConfig(session_len=max_model_len, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
+                           cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size,
+                           **({"max_batch_size": max_num_seqs} if max_num_seqs else {}))
+        self.limit_images = (limit_mm_per_prompt or {}).get("image")
+        self.seed = seed
+        self._pipe = Pipeline(model, cfg)
+        self._ids = 0
+
+    # ---- vLLM's calls --------------------------------------------------------------------
+    def generate(self, prompts, sampling_params=None, use_tqdm: bool = False) -> list[RequestOutput]:
+        """``prompts``: a str, a ``{"prompt" | "prompt_token_ids", "multi_modal_data"}`` dict, or a list."""
+        items = prompts if isinstance(prompts, list) else [prompts]
+        return self._run([self._encode_raw(p) for p in items], items, sampling_params, use_tqdm)
+
+    def chat(self, messages, sampling_params=None, use_tqdm: bool = False, **kwargs) -> list[RequestOutput]:
+        """``messages``: one OpenAI-style conversation, or a list of them."""
+        convs, _ = split_batch(messages)
+        return self._run([self._encode_conversation(c) for c in convs], [None] * len(convs), sampling_params,
+                         use_tqdm)
+
+    def get_tokenizer(self):
+        return self._pipe.tokenizer
+
+    def close(self) -> None:
+        self._pipe.close()
+
+    # ---- internals -------------------------------------------------------------------------
+    def _check_images(self, n: int) -> None:
+        if self.limit_images is not None and n > self.limit_images:
+            raise ValueError(f"the prompt has {n} images but limit_mm_per_prompt allows {self.limit_images}")
+
+    def _encode_conversation(self, conversation) -> PromptInputs:
+        conv = to_conversation(conversation)
+        self._check_images(sum(p["type"] == "image" for m in conv for p in m["content"]))
+        return self._pipe.family.encode(conv)
+
+    def _encode_raw(self, prompt) -> PromptInputs:
+        if isinstance(prompt, str):
+            prompt = {"prompt": prompt}
+        if not isinstance(prompt, dict) or not ({"prompt", "prompt_token_ids"} & set(prompt)):
+            raise ValueError("a prompt is a str or a dict with 'prompt' (text) or 'prompt_token_ids', "
+                             "and optionally 'multi_modal_data': {'image': ...}")
+        fam = self._pipe.family
+        if "prompt_token_ids" in prompt:
+            ids = list(prompt["prompt_token_ids"])
+        else:
+            ids = fam.tokenizer(prompt["prompt"], add_special_tokens=True)["input_ids"]
+        images = _images_of(prompt.get("multi_modal_data") or {})
+        self._check_images(len(images))
+        if not images:
+            return PromptInputs(ids)
+        if not fam.accepts_images:
+            raise ValueError(f"this model ({type(fam).__name__}) is text-only and does not accept images")
+        return fam._expand_images(ids, images)
+
+    def _run(self, inputs: list[PromptInputs], raw, sampling_params, use_tqdm) -> list[RequestOutput]:
+        n = len(inputs)
+        params = sampling_params if isinstance(sampling_params, list) else [sampling_params] * n
+        if len(params) != n:
+            raise ValueError(f"got {len(params)} sampling_params for {n} prompts; pass one or one per prompt")
+        gens = []
+        for p in params:
+            p = p or SamplingParams()
+            if p.seed is None and self.seed is not None:
+                p = SamplingParams(**{**p.__dict__, "seed": self.seed})
+            gens.append(p.to_generation_config(self._pipe.family.session_len))
+        q: queue.Queue = queue.Queue()
+        rids = [self._pipe.engine.add_request(x, g, lambda o: q.put((o.request_id, o))) for x, g in zip(inputs, gens)]
+        results = {rid: Response("", 0, 0, index=i) for i, rid in enumerate(rids)}
+        pending = set(rids)
+        try:
+            while pending:
+                rid, out = q.get()
+                results[rid]._add(out)
+                if out.finished:
+                    pending.discard(rid)
+        finally:
+            for rid in pending:
+                self._pipe.engine.abort(rid)
+        outs = []
+        for x, r, p in zip(inputs, (results[rid] for rid in rids), raw):
+            self._ids += 1
+            lp = r.logprobs
+            cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None
+            prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
+            outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), [CompletionOutput(
+                0, r.text, r.token_ids, cum, lp, r.finish_reason if r.finish_reason != "error" else "abort")]))
+            if r.error:
+                raise RuntimeError(f"request {self._ids} failed: {r.error}")
+        return outs
+
+
+def _images_of(mm: dict) -> list:
+    unknown = set(mm) - {"image"}
+    if unknown:
+        raise ValueError(f"multi_modal_data keys {sorted(unknown)} are not supported; accepted: 'image'")
+    img = mm.get("image")
+    if img is None:
+        return []
+    items = img if isinstance(img, (list, tuple)) else [img]
+    out = []
+    for it in items:
+        if isinstance(it, torch.Tensor):
+            out.extend(list(it) if it.dim() == 3 else [it])
+        else:
+            out.append(load_image(it))
+    return out
+
+
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]

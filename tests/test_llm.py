@@ -1,0 +1,93 @@
+"""The vLLM-shaped API: raw prompts with multi_modal_data, chat, precomputed embeddings, limits."""
+
+import pytest
+import torch
+
+import tiny_models as tm
+from seer import LLM, SamplingParams, pipeline
+
+GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
+MSGS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this"}]}]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_llava):
+    model = LLM(model=tiny_llava, max_model_len=512, limit_mm_per_prompt={"image": 2})
+    yield model
+    model.close()
+
+
+def _raw_prompt(path):
+    return tm.render_chat(path, MSGS)  # "<s>USER: <image>\ndescribe this ASSISTANT:"
+
+
+def test_raw_prompt_with_an_image_matches_transformers(llm, tiny_llava):
+    img = tm.make_image(7)
+    ref_inputs = tm.hf_inputs(tiny_llava, MSGS, [img])
+    want = tm.hf_greedy(tiny_llava, ref_inputs, max_new_tokens=20, ignore_eos=True)
+    out = llm.generate({"prompt": _raw_prompt(tiny_llava), "multi_modal_data": {"image": img}}, GREEDY)
+    assert len(out) == 1 and out[0].outputs[0].token_ids == want
+    assert out[0].prompt_token_ids == ref_inputs["input_ids"][0].tolist()
+    assert out[0].outputs[0].finish_reason == "length"
+    assert out[0].outputs[0].text == llm.get_tokenizer().decode(want, skip_special_tokens=True)
+
+
+def test_precomputed_embeddings_skip_the_vision_encoder(llm, tiny_llava):
+    img = tm.make_image(8)
+    prompt = {"prompt": _raw_prompt(tiny_llava), "multi_modal_data": {"image": img}}
+    want = llm.generate(prompt, GREEDY)[0].outputs[0].token_ids
+    fam = llm._pipe.family
+    _, pixels = fam.image_inputs(img)
+    with torch.inference_mode():
+        embeds = fam.model.encode_images(pixels[None])[0]
+    misses = llm._pipe.engine.runner.feature_misses
+    got = llm.generate({"prompt": _raw_prompt(tiny_llava), "multi_modal_data": {"image": embeds.clone()}}, GREEDY)
+    assert got[0].outputs[0].token_ids == want
+    assert llm._pipe.engine.runner.feature_misses == misses
+
+
+def test_chat_and_batches_keep_order_and_match_the_pipeline(llm, tiny_llava):
+    imgs = [tm.make_image(s) for s in (1, 2, 3)]
+    convs = [[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": im}},
+                                           {"type": "text", "text": f"question {i}"}]}]
+             for i, im in enumerate(imgs)]
+    outs = llm.chat(convs, GREEDY)
+    with pipeline(tiny_llava) as pipe:
+        from seer import GenerationConfig
+
+        want = [pipe(c, gen_config=GenerationConfig(max_new_tokens=20, ignore_eos=True)).token_ids for c in convs]
+    assert [o.outputs[0].token_ids for o in outs] == want
+    single = llm.chat(convs[1], GREEDY)
+    assert single[0].outputs[0].token_ids == want[1]
+
+
+def test_sampling_params(llm):
+    sp = SamplingParams(temperature=1.5, seed=3, max_tokens=12, ignore_eos=True, logprobs=2)
+    a = llm.generate(["a story", "a story"], [sp, sp])
+    assert a[0].outputs[0].token_ids == a[1].outputs[0].token_ids
+    b = llm.generate("a story", SamplingParams(temperature=1.5, seed=4, max_tokens=12, ignore_eos=True))
+    assert b[0].outputs[0].token_ids != a[0].outputs[0].token_ids
+    o = a[0].outputs[0]
+    assert len(o.logprobs) == 12 and o.cumulative_logprob == pytest.approx(
+        sum(d[t] for d, t in zip(o.logprobs, o.token_ids)))
+    default = llm.generate("a story")[0].outputs[0]
+    assert len(default.token_ids) <= 16  # vLLM's default max_tokens
+
+
+@pytest.mark.parametrize("bad,words", [
+    ({"prompt": "<image><image><image> three", "multi_modal_data": {"image": [tm.make_image(i) for i in range(3)]}},
+     "limit_mm_per_prompt"),
+    ({"prompt": "no placeholder here", "multi_modal_data": {"image": tm.make_image(1)}}, "placeholder"),
+    ({"prompt": "<image> x", "multi_modal_data": {"video": [1]}}, "not supported"),
+    ({"text": "wrong key"}, "prompt_token_ids"),
+])
+def test_bad_prompts(llm, bad, words):
+    with pytest.raises(ValueError, match=words):
+        llm.generate(bad, GREEDY)
+
+
+def test_bad_sampling_params(llm):
+    with pytest.raises(ValueError, match="n=2"):
+        llm.generate("x", SamplingParams(n=2))
+    with pytest.raises(ValueError, match="top_p"):
+        llm.generate("x", SamplingParams(top_p=0))
