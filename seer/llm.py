@@ -16,7 +16,6 @@ tensor is a batch of them), which skip the vision encoder.
 
 from __future__ import annotations
 
-import queue
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -25,7 +24,7 @@ import torch
 from .config import EngineConfig, GenerationConfig
 from .engine.request import PromptInputs
 from .messages import split_batch, to_conversation
-from .pipeline import Pipeline, Response
+from .pipeline import Pipeline
 from .vl import load_image
 
 
@@ -158,21 +157,9 @@ class LLM:
             if p.seed is None and self.seed is not None:
                 p = SamplingParams(**{**p.__dict__, "seed": self.seed})
             gens.append(p.to_generation_config(self._pipe.family.session_len))
-        q: queue.Queue = queue.Queue()
-        rids = [self._pipe.engine.add_request(x, g, lambda o: q.put((o.request_id, o))) for x, g in zip(inputs, gens)]
-        results = {rid: Response("", 0, 0, index=i) for i, rid in enumerate(rids)}
-        pending = set(rids)
-        try:
-            while pending:
-                rid, out = q.get()
-                results[rid]._add(out)
-                if out.finished:
-                    pending.discard(rid)
-        finally:
-            for rid in pending:
-                self._pipe.engine.abort(rid)
+        responses = self._pipe._generate(inputs, gens, raise_errors=True, use_tqdm=use_tqdm, prepare=lambda x: x)
         outs = []
-        for x, r, p in zip(inputs, (results[rid] for rid in rids), raw):
+        for x, r, p in zip(inputs, responses, raw):
             self._ids += 1
             lp = r.logprobs
             cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None

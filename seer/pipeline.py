@@ -180,12 +180,13 @@ class Pipeline:
         # every image and string content, whatever the first message looks like.
         return self.family.encode(to_conversation(prompt))
 
-    def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool):
+    def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool, prepare=None):
         """Prepare and queue every prompt; failures become error responses (or raise)."""
+        prepare = prepare or self._prepare
         ids, errors = [], []
         for i, (prompt, gen) in enumerate(zip(singles, gens)):
             try:
-                inputs = self._prepare(prompt)
+                inputs = prepare(prompt)
                 rid = self.engine.add_request(inputs, gen, lambda out: q.put((out.request_id, out)))
             except ValueError as e:
                 if raise_errors:
@@ -198,8 +199,14 @@ class Pipeline:
 
     def _run(self, singles, gen_config, is_batch: bool, use_tqdm) -> list[Response]:
         gens = self._gen_configs(gen_config, len(singles))
+        return self._generate(singles, gens, raise_errors=not is_batch, use_tqdm=use_tqdm)
+
+    def _generate(self, singles, gens: list[GenerationConfig], raise_errors: bool, use_tqdm=None,
+                  prepare=None) -> list[Response]:
+        """Run prompts to completion, one ``Response`` each in order. ``prepare`` turns a prompt
+        into ``PromptInputs`` (default: conversation + chat template)."""
         q: queue.Queue = queue.Queue()
-        ids, errors = self._submit(singles, gens, q, raise_errors=not is_batch)
+        ids, errors = self._submit(singles, gens, q, raise_errors, prepare)
         results: list[Optional[Response]] = [None] * len(singles)
         for r in errors:
             results[r.index] = r
