@@ -1,6 +1,13 @@
-"""The ``seer`` command: ``run`` (one answer) and ``check-env`` (what a bug report needs).
+"""The ``seer`` command.
 
-``serve`` and ``chat`` come with the serving issue; until then they say so.
+    seer run [MODEL] PROMPT [--image X]    one answer, streamed to stdout
+    seer chat [MODEL]                      interactive terminal chat (seer/chat_cli.py)
+    seer serve [api_server] MODEL          OpenAI-compatible HTTP server (seer/serve/api_server.py)
+    seer serve gradio MODEL                web UI (seer/serve/gradio_app.py)
+    seer check-env                         what a bug report needs
+
+Each subcommand module has ``add_arguments(parser)`` and ``run(args) -> int`` and is
+imported only when used, so ``seer check-env`` stays fast.
 """
 
 from __future__ import annotations
@@ -63,16 +70,32 @@ def _run(args) -> int:
     return 0
 
 
-def _not_yet(name: str):
-    def run(_args) -> int:
-        print(f"seer {name}: not available yet (it comes with the serving issue); "
-              f"use `seer run MODEL [--image X] PROMPT` or the Python API", file=sys.stderr)
-        return 2
-    return run
+# subcommand -> module implementing add_arguments(parser) and run(args)
+_MODULES = {
+    "chat": ("seer.chat_cli", "interactive terminal chat with history, streaming and /image"),
+    "serve api_server": ("seer.serve.api_server", "OpenAI-compatible HTTP server"),
+    "serve gradio": ("seer.serve.gradio_app", "web UI: chat with image upload"),
+}
+
+
+def _subcommand(name: str, argv: list[str]) -> int:
+    import importlib
+
+    module_name, help_text = _MODULES[name]
+    mod = importlib.import_module(module_name)
+    ap = argparse.ArgumentParser(prog=f"seer {name}", description=help_text)
+    mod.add_arguments(ap)
+    return mod.run(ap.parse_args(argv))
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chat"]:
+        return _subcommand("chat", argv[1:])
+    if argv[:1] == ["serve"]:  # `seer serve MODEL` is `seer serve api_server MODEL`, as in lmdeploy
+        mode = argv[1] if len(argv) > 1 and argv[1] in ("api_server", "gradio") else None
+        return _subcommand(f"serve {mode or 'api_server'}", argv[2:] if mode else argv[1:])
     ap = argparse.ArgumentParser(prog="seer", description="Inference engine for VLMs and LLMs")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check-env", help="print versions, devices and CPU features").set_defaults(fn=_check_env)
@@ -86,11 +109,12 @@ def main(argv=None) -> int:
     r.add_argument("--seed", type=int, default=None)
     r.add_argument("--session-len", type=int, default=None)
     r.set_defaults(fn=_run)
-    for name in ("serve", "chat"):
-        sub.add_parser(name, help="coming with the serving issue", add_help=False).set_defaults(fn=_not_yet(name))
-    args, extra = ap.parse_known_args(argv)
-    if extra and args.cmd not in ("serve", "chat"):
-        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    for name, (_, help_text) in _MODULES.items():
+        if " " not in name:
+            sub.add_parser(name, help=help_text, add_help=False)
+    sub.add_parser("serve", help="serve [api_server|gradio] MODEL: OpenAI-compatible server or web UI",
+                   add_help=False)
+    args = ap.parse_args(argv)
     return args.fn(args)
 
 

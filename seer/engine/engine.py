@@ -86,6 +86,10 @@ class Engine:
             self._thread.join(timeout)
 
     @property
+    def is_alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop.is_set()
+
+    @property
     def num_running(self) -> int:
         return len(self.scheduler.running)
 

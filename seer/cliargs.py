@@ -1,0 +1,88 @@
+"""Options shared by the ``seer`` subcommands: which model, and how the engine runs it.
+
+The flags mirror ``EngineConfig``, ``VisionConfig`` and ``ChatTemplateConfig`` with
+LMDeploy's spelling (``--session-len``, ``--cache-max-entry-count``, ``--tp``...), so
+``lmdeploy serve api_server ...`` command lines port by changing the program name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Optional
+
+from .config import ChatTemplateConfig, EngineConfig, VisionConfig
+
+
+def add_model_argument(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("model", nargs="?", default=None,
+                    help="a local model folder (Hugging Face layout); default: seer's bundled demo model")
+
+
+def resolve_model(model: Optional[str]) -> str:
+    """The model folder to load: the one given, else the bundled demo model (said on stderr)."""
+    if model:
+        return model
+    try:
+        from .assets import default_model_path
+    except ImportError:
+        default_model_path = None
+    path = default_model_path() if default_model_path else None
+    if not path or not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError("no model given and seer's demo model is not installed; pass a model folder")
+    print(f"[seer] no model given: using seer's demo model ({path})", file=sys.stderr)
+    return path
+
+
+def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group("engine")
+    d = EngineConfig()
+    g.add_argument("--session-len", type=int, default=None, help="max prompt + output tokens per request")
+    g.add_argument("--max-batch-size", type=int, default=d.max_batch_size, help="max sequences per step")
+    g.add_argument("--cache-max-entry-count", type=float, default=d.cache_max_entry_count,
+                   help="share of free memory given to the KV cache")
+    g.add_argument("--block-size", type=int, default=d.block_size, help="tokens per KV-cache block")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=d.enable_prefix_caching, help="reuse KV blocks of shared prefixes (images included)")
+    g.add_argument("--max-prefill-token-num", type=int, default=d.max_prefill_token_num,
+                   help="max tokens per step; longer prompts are prefilled in chunks")
+    g.add_argument("--num-gpu-blocks", type=int, default=None, help="fix the KV pool size in blocks")
+    g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
+    g.add_argument("--tp", type=int, default=1, help="tensor parallel size (only 1 for now)")
+    g.add_argument("--vision-max-batch-size", type=int, default=VisionConfig().max_batch_size,
+                   help="images per vision-encoder forward")
+    g.add_argument("--chat-template", default=None,
+                   help="a built-in template name, or a JSON file of ChatTemplateConfig fields")
+
+
+def engine_configs(args) -> tuple[EngineConfig, VisionConfig, Optional[ChatTemplateConfig]]:
+    """The three configs the flags describe (``ValueError`` on a bad value)."""
+    ecfg = EngineConfig(session_len=args.session_len, max_batch_size=args.max_batch_size,
+                        cache_max_entry_count=args.cache_max_entry_count, block_size=args.block_size,
+                        enable_prefix_caching=args.enable_prefix_caching,
+                        max_prefill_token_num=args.max_prefill_token_num, num_gpu_blocks=args.num_gpu_blocks,
+                        dtype=args.dtype, device=args.device, tp=args.tp,
+                        max_queued_requests=getattr(args, "max_queued_requests", None))
+    vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size)
+    return ecfg, vcfg, chat_template_config(args.chat_template)
+
+
+def chat_template_config(spec: Optional[str]) -> Optional[ChatTemplateConfig]:
+    if not spec:
+        return None
+    if os.path.isfile(spec):
+        try:
+            with open(spec) as f:
+                fields = json.load(f)
+        except (OSError, json.JSONDecodeError) as e:
+            raise ValueError(f"--chat-template {spec}: not a readable JSON file ({e})") from None
+        if not isinstance(fields, dict):
+            raise ValueError(f"--chat-template {spec}: expected a JSON object of ChatTemplateConfig fields")
+        try:
+            return ChatTemplateConfig(**fields)
+        except TypeError as e:
+            raise ValueError(f"--chat-template {spec}: {e}") from None
+    return ChatTemplateConfig(model_name=spec)

@@ -1,0 +1,1 @@
+"""Serving faces over the engine: the OpenAI-compatible API server and the web UI."""

@@ -1,0 +1,580 @@
+"""``seer serve [api_server] MODEL``: an OpenAI-compatible HTTP server (FastAPI + uvicorn).
+
+Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` (text and ``image_url`` parts,
+SSE streaming), ``POST /v1/completions``, ``GET /health``, ``GET /metrics`` (Prometheus).
+
+How a request flows (one way): parse (pydantic, then ``GenerationConfig``) -> prepare
+(image fetching, chat template, tokenization: in a worker thread, off the event loop)
+-> one engine request per choice, whose deltas the engine thread hands to this event
+loop through ``call_soon_threadsafe`` -> SSE chunks or one JSON body.
+
+What must stay true:
+- Client errors are 4xx with an OpenAI-style body (``{"error": {...}}``); a 500 is a bug.
+- A client that goes away aborts its engine requests (their KV blocks are freed).
+- Past ``max_queued_requests`` requests waiting, new ones get 503 with Retry-After.
+- The model loads in the background: ``/health`` is 503 until it is ready, and again
+  if the engine dies. SIGTERM stops accepting, lets in-flight requests finish within
+  ``--shutdown-timeout`` seconds, and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..config import ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig
+from ..engine.request import PromptInputs, RequestOutput
+from .metrics import ServerMetrics
+from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk,
+                              chat_logprobs, chat_response, completion_logprobs, completion_response,
+                              error_body, new_id, usage)
+
+log = logging.getLogger("seer.serve")
+
+DEFAULT_PORT = 23333
+DEFAULT_MAX_QUEUED = 1024
+REMOTE_SCHEMES = ("http://", "https://", "data:")
+
+
+class ServerCore:
+    """Everything the routes need: the pipeline, the policies and the metrics."""
+
+    def __init__(self, model_path: str, model_name: Optional[str] = None,
+                 engine_config: Optional[EngineConfig] = None, vision_config: Optional[VisionConfig] = None,
+                 chat_template_config: Optional[ChatTemplateConfig] = None, api_keys=None,
+                 limit_images: Optional[int] = None, allowed_local_media_path: Optional[str] = None):
+        self.model_path = model_path
+        self.model_name = model_name or model_path
+        self.engine_config = engine_config or EngineConfig()
+        self.vision_config = vision_config
+        self.chat_template_config = chat_template_config
+        self.api_keys = set(api_keys or ())
+        self.limit_images = limit_images
+        self.local_media = os.path.realpath(allowed_local_media_path) if allowed_local_media_path else None
+        q = self.engine_config.max_queued_requests
+        self.max_queued = DEFAULT_MAX_QUEUED if q is None else q
+        self.pipe = None
+        self.load_error: Optional[str] = None
+        self.active = 0  # HTTP requests accepted and not finished
+        self.queued = 0  # ...of which no choice has produced a token yet (preparing or waiting)
+        self.metrics = ServerMetrics(self)
+        self.created = int(time.time())
+
+    # ---- lifecycle -------------------------------------------------------------------------
+    def load(self) -> None:
+        from ..pipeline import Pipeline
+
+        try:
+            self.pipe = Pipeline(self.model_path, self.engine_config, self.vision_config,
+                                 self.chat_template_config)
+            log.warning("seer: serving %s as %r", self.model_path, self.model_name)
+        except Exception as e:  # noqa: BLE001 - reported by /health and every request
+            self.load_error = f"{type(e).__name__}: {e}"
+            log.error("seer: loading %s failed: %s", self.model_path, self.load_error)
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+
+    @property
+    def healthy(self) -> bool:
+        return self.pipe is not None and self.pipe.engine is not None and self.pipe.engine.is_alive
+
+    def ready_pipe(self):
+        if self.load_error:
+            raise BadRequest(f"the model failed to load: {self.load_error}", 503, type_="server_error")
+        if not self.healthy:
+            what = "is still loading" if self.pipe is None else "engine has stopped"
+            raise BadRequest(f"the model {what}; retry shortly", 503, type_="server_error",
+                             headers={"Retry-After": "1"})
+        return self.pipe
+
+    # ---- checks ------------------------------------------------------------------------------
+    def check_key(self, authorization: Optional[str]) -> None:
+        if not self.api_keys:
+            return
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or key.strip() not in self.api_keys:
+            raise BadRequest("a valid API key is required: send 'Authorization: Bearer <key>'", 401,
+                             type_="authentication_error")
+
+    def check_model(self, name: Optional[str]) -> None:
+        if name is not None and name not in (self.model_name, self.model_path):
+            raise BadRequest(f"the model {name!r} does not exist; this server serves {self.model_name!r}",
+                             404, param="model", type_="not_found_error")
+
+    def check_queue(self) -> None:
+        if self.queued >= self.max_queued:
+            raise BadRequest(f"too many requests are waiting ({self.max_queued}); retry later", 503,
+                             type_="server_error", headers={"Retry-After": "1"})
+
+    def check_images(self, messages: list) -> None:
+        """Image sources must be remote (http(s) or data:) unless local files are allowed."""
+        n = 0
+        for m in messages:
+            content = m.get("content") if isinstance(m, dict) else None
+            if not isinstance(content, list):
+                continue
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") not in ("image_url", "image"):
+                    continue
+                n += 1
+                src = part.get("image_url", part.get("image"))
+                src = src.get("url") if isinstance(src, dict) else src
+                if not isinstance(src, str):
+                    raise BadRequest("an image_url part needs {'url': 'http(s)://... or data:...'}")
+                if src.startswith(REMOTE_SCHEMES):
+                    continue
+                path = os.path.realpath(src[len("file://"):] if src.startswith("file://") else src)
+                if self.local_media is None:
+                    raise BadRequest(f"image {src[:80]!r}: local files are not served; send an http(s) URL "
+                                     "or a data: URI (or start the server with --allowed-local-media-path)")
+                if os.path.commonpath([path, self.local_media]) != self.local_media:
+                    raise BadRequest(f"image {src[:80]!r} is outside --allowed-local-media-path "
+                                     f"{self.local_media}")
+        if self.limit_images is not None and n > self.limit_images:
+            raise BadRequest(f"the request has {n} images but this server allows {self.limit_images} per prompt "
+                             "(--limit-mm-per-prompt)")
+
+    # ---- preparation (worker threads) -------------------------------------------------------
+    def prepare_chat(self, messages: list) -> PromptInputs:
+        from ..messages import to_conversation
+
+        self.check_images(messages)
+        return self.pipe.family.encode(to_conversation(messages))
+
+    def prepare_completion(self, prompt) -> PromptInputs:
+        if isinstance(prompt, str):
+            ids = self.pipe.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+        elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            vocab = len(self.pipe.tokenizer)
+            bad = [t for t in prompt if not 0 <= t < vocab]
+            if bad:
+                raise BadRequest(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+            ids = list(prompt)
+        else:
+            raise BadRequest("prompt must be a string, a list of strings, or a list of token ids", param="prompt")
+        return PromptInputs(ids)
+
+    def generation_configs(self, req, n_prompt_tokens: int) -> list[GenerationConfig]:
+        """One config per choice; with a seed, choice i samples with seed + i."""
+        pipe = self.pipe
+        room = pipe.family.session_len - n_prompt_tokens
+        want = req.max_new_tokens()
+        if want is not None and want < 1:
+            raise BadRequest(f"max_tokens={want} is invalid: an integer >= 1", param="max_tokens")
+        # Without a cap a request may run to the end of its session (the engine stops it there).
+        gen = req.generation_config(want if want is not None else max(room, 1), req.num_logprobs())
+        gens = pipe._gen_configs(gen, 1) * req.n
+        if req.seed is not None:
+            gens = [g.replace(random_seed=req.seed + i) for i, g in enumerate(gens)]
+        return gens
+
+
+class _Job:
+    """The engine requests of one HTTP request (one per choice), read as an async stream.
+
+    A job counts as active from creation to ``close()``, and as queued until its first
+    delta arrives; ``close()`` aborts whatever is still pending (the client left or failed).
+    """
+
+    def __init__(self, core: ServerCore):
+        core.check_queue()
+        self.core, self.loop = core, asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.ids: list[int] = []
+        self.pending: set[int] = set()
+        self.started = self.closed = False
+        core.active += 1
+        core.queued += 1
+
+    def _start(self) -> None:
+        if not self.started:
+            self.started = True
+            self.core.queued -= 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.abort()
+            self._start()
+            self.core.active -= 1
+
+    def submit(self, choices: list[tuple[PromptInputs, GenerationConfig]]) -> None:
+        engine = self.core.pipe.engine
+        put = self.queue.put_nowait
+        for index, (inputs, gen) in enumerate(choices):
+            def sink(out: RequestOutput, index=index):
+                self.loop.call_soon_threadsafe(put, (index, out))
+            try:
+                rid = engine.add_request(inputs, gen, sink)
+            except ValueError as e:
+                self.abort()
+                raise BadRequest(str(e)) from None
+            self.ids.append(rid)
+            self.pending.add(rid)
+        self.core.metrics.on_submit(self.ids)
+
+    async def deltas(self) -> AsyncIterator[tuple[int, RequestOutput]]:
+        while self.pending:
+            index, out = await self.queue.get()
+            self._start()
+            self.core.metrics.on_delta(self.ids[index], out)
+            if out.finished:
+                self.pending.discard(out.request_id)
+            yield index, out
+
+    def abort(self) -> None:
+        if self.pending and self.core.pipe is not None and self.core.pipe.engine is not None:
+            for rid in self.pending:
+                self.core.pipe.engine.abort(rid)
+            self.core.metrics.on_abort(self.pending)
+        self.pending.clear()
+
+
+def build_app(core: ServerCore, load_in_background: bool = True):
+    @asynccontextmanager
+    async def lifespan(app):
+        if load_in_background:
+            threading.Thread(target=core.load, name="seer-load", daemon=True).start()
+        elif core.pipe is None:
+            core.load()
+        yield
+        await run_in_threadpool(core.close)
+
+    app = FastAPI(title="seer", lifespan=lifespan)
+
+    @app.exception_handler(BadRequest)
+    async def _bad_request(_request, exc: BadRequest):
+        return JSONResponse(error_body(str(exc), exc.type, exc.param, exc.status), exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request, exc: RequestValidationError):
+        return JSONResponse(error_body(_describe_validation(exc.errors()), param=_first_loc(exc.errors()),
+                                       code=400), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request, exc: StarletteHTTPException):
+        return JSONResponse(error_body(str(exc.detail), code=exc.status_code), exc.status_code)
+
+    @app.exception_handler(ValueError)
+    async def _value_error(_request, exc: ValueError):  # what seer's own checks raise on bad input
+        return JSONResponse(error_body(str(exc), code=400), 400)
+
+    @app.exception_handler(Exception)
+    async def _bug(_request, exc: Exception):
+        log.exception("internal error")
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}: {exc}", "server_error", code=500),
+                            500)
+
+    def guard(request: Request, model: Optional[str] = None, check_model: bool = True):
+        core.check_key(request.headers.get("authorization"))
+        if check_model:
+            core.check_model(model)
+        return core.ready_pipe()
+
+    @app.get("/health")
+    async def health():
+        if core.healthy:
+            return PlainTextResponse("ok")
+        why = core.load_error or ("loading" if core.pipe is None else "the engine has stopped")
+        return PlainTextResponse(why, 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        body, content_type = core.metrics.render()
+        return PlainTextResponse(body, media_type=content_type)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        core.check_key(request.headers.get("authorization"))
+        entry = {"id": core.model_name, "object": "model", "created": core.created, "owned_by": "seer",
+                 "root": core.model_path}
+        if core.pipe is not None:
+            entry["max_model_len"] = core.pipe.family.session_len
+        return {"object": "list", "data": [entry]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        pipe = guard(request, req.model)
+        req.num_logprobs()  # validate before doing any work
+        job = _Job(core)
+        try:
+            inputs = await run_in_threadpool(core.prepare_chat, req.messages)
+            gens = core.generation_configs(req, len(inputs.token_ids))
+            job.submit([(inputs, g) for g in gens])
+        except BaseException:
+            job.close()
+            raise
+        rid, model = new_id("chatcmpl"), core.model_name
+        if req.stream:
+            return StreamingResponse(_closing(job, _chat_stream(job, req, rid, model, pipe.tokenizer)),
+                                     media_type="text/event-stream")
+        results = await _collect(job, request, req.n)
+        choices = []
+        for i, r in enumerate(results):
+            _raise_failed(r)
+            choice = {"index": i, "message": {"role": "assistant", "content": r["text"]},
+                      "finish_reason": _finish_reason(r["reason"]), "logprobs": None}
+            if req.logprobs:
+                choice["logprobs"] = chat_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.top_logprobs or 0)
+            choices.append(choice)
+        return chat_response(rid, model, choices, _usage(results))
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        pipe = guard(request, req.model)
+        prompts = req.prompts()
+        job = _Job(core)
+        try:
+            choices_in = []
+            for p in prompts:
+                inputs = await run_in_threadpool(core.prepare_completion, p)
+                choices_in += [(inputs, g) for g in core.generation_configs(req, len(inputs.token_ids))]
+            job.submit(choices_in)
+        except BaseException:
+            job.close()
+            raise
+        echo = [pipe.tokenizer.decode(x.token_ids) if req.echo else "" for x, _ in choices_in]
+        rid, model = new_id("cmpl"), core.model_name
+        if req.stream:
+            return StreamingResponse(_closing(job, _completion_stream(job, req, rid, model, echo, pipe.tokenizer)),
+                                     media_type="text/event-stream")
+        results = await _collect(job, request, len(choices_in))
+        choices = []
+        for i, r in enumerate(results):
+            _raise_failed(r)
+            choice = {"index": i, "text": echo[i] + r["text"], "finish_reason": _finish_reason(r["reason"]),
+                      "logprobs": None}
+            if req.logprobs is not None:
+                choice["logprobs"] = completion_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.logprobs,
+                                                         len(echo[i]))
+            choices.append(choice)
+        return completion_response(rid, model, choices, _usage(results))
+
+    return app
+
+
+# ---- collecting and streaming -----------------------------------------------------------------
+
+def _new_result() -> dict:
+    return {"text": "", "ids": [], "logprobs": [], "reason": None, "error": None, "prompt": 0, "output": 0,
+            "cached": 0}
+
+
+def _add(r: dict, out: RequestOutput) -> None:
+    r["text"] += out.new_text
+    r["ids"] += out.new_token_ids
+    if out.new_logprobs:
+        r["logprobs"] += out.new_logprobs
+    r["prompt"], r["output"], r["cached"] = out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
+    if out.finished:
+        r["reason"], r["error"] = out.finish_reason, out.error
+
+
+async def _collect(job: _Job, request, n: int) -> list[dict]:
+    """Run a job to the end; if the client disconnects first, abort it."""
+
+    async def watch():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                job.abort()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    results = [_new_result() for _ in range(n)]
+    try:
+        async for index, out in job.deltas():
+            _add(results[index], out)
+    finally:
+        watcher.cancel()
+        job.close()
+    return results
+
+
+def _raise_failed(r: dict) -> None:
+    if r["reason"] == "error" or r["error"]:
+        raise RuntimeError(r["error"] or "the request failed in the engine")
+
+
+def _finish_reason(reason: Optional[str]) -> Optional[str]:
+    return {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}.get(reason, reason)
+
+
+def _usage(results: list[dict]) -> dict:
+    prompt = results[0]["prompt"] if results else 0
+    return usage(prompt, sum(r["output"] for r in results), results[0]["cached"] if results else 0)
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _closing(job: _Job, stream: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Wrap an SSE stream so that the job closes however it ends (a client that left aborts it)."""
+    try:
+        async for item in stream:
+            yield item
+    finally:
+        job.close()
+
+
+async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: str, tokenizer):
+    created = int(time.time())
+    results = [_new_result() for _ in range(req.n)]
+    for i in range(req.n):
+        yield _sse(chat_chunk(rid, model, created, [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                                     "logprobs": None, "finish_reason": None}]))
+    async for index, out in job.deltas():
+        r = results[index]
+        _add(r, out)
+        if out.error:
+            yield _sse(error_body(out.error, "server_error", code=500))
+            continue
+        if not out.new_text and not out.finished and not out.new_token_ids:
+            continue
+        choice = {"index": index, "delta": {"content": out.new_text} if out.new_text else {},
+                  "logprobs": None, "finish_reason": _finish_reason(out.finish_reason) if out.finished else None}
+        if req.logprobs and out.new_token_ids and out.new_logprobs:
+            choice["logprobs"] = chat_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.top_logprobs or 0)
+        last = out.finished and not job.pending
+        # The final chunk carries usage (as LMDeploy does); include_usage adds OpenAI's usage-only chunk.
+        yield _sse(chat_chunk(rid, model, created, [choice], _usage(results) if last else None))
+    if req.stream_options and req.stream_options.include_usage:
+        yield _sse(chat_chunk(rid, model, created, [], _usage(results)))
+    yield "data: [DONE]\n\n"
+
+
+async def _completion_stream(job: _Job, req: CompletionRequest, rid: str, model: str, echo: list[str],
+                             tokenizer):
+    created = int(time.time())
+    results = [_new_result() for _ in echo]
+    for i, e in enumerate(echo):
+        if e:
+            yield _sse(completion_response(rid, model, [{"index": i, "text": e, "logprobs": None,
+                                                         "finish_reason": None}], None, created=created))
+    async for index, out in job.deltas():
+        r = results[index]
+        offset = len(echo[index]) + len(r["text"])
+        _add(r, out)
+        if out.error:
+            yield _sse(error_body(out.error, "server_error", code=500))
+            continue
+        if not out.new_text and not out.finished and not out.new_token_ids:
+            continue
+        choice = {"index": index, "text": out.new_text, "logprobs": None,
+                  "finish_reason": _finish_reason(out.finish_reason) if out.finished else None}
+        if req.logprobs is not None and out.new_token_ids and out.new_logprobs:
+            choice["logprobs"] = completion_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.logprobs,
+                                                     offset)
+        last = out.finished and not job.pending
+        yield _sse(completion_response(rid, model, [choice], _usage(results) if last else None, created=created))
+    if req.stream_options and req.stream_options.include_usage:
+        yield _sse(completion_response(rid, model, [], _usage(results), created=created))
+    yield "data: [DONE]\n\n"
+
+
+# ---- validation messages ----------------------------------------------------------------------
+
+def _first_loc(errors) -> Optional[str]:
+    for e in errors:
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        if loc:
+            return ".".join(loc)
+    return None
+
+
+def _describe_validation(errors) -> str:
+    parts = []
+    for e in errors[:5]:
+        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        if e.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})")
+        elif e.get("type") == "missing":
+            parts.append(f"{loc}: required field is missing")
+        else:
+            parts.append(f"{loc or 'body'}: {e.get('msg')} (got {str(e.get('input'))[:60]!r})")
+    return "invalid request: " + "; ".join(parts)
+
+
+# ---- the command --------------------------------------------------------------------------------
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    from ..cliargs import add_engine_arguments, add_model_argument
+
+    add_model_argument(ap)
+    ap.add_argument("--server-name", default="0.0.0.0", help="address to bind (default: all interfaces)")
+    ap.add_argument("--server-port", type=int, default=DEFAULT_PORT)
+    ap.add_argument("--model-name", default=None, help="the name clients use (default: the model path)")
+    ap.add_argument("--api-keys", nargs="+", default=None, help="accepted bearer tokens; none: no auth")
+    ap.add_argument("--limit-mm-per-prompt", default=None, metavar="image=N",
+                    help="max images per request, e.g. image=2")
+    ap.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                    help="serve image_url file paths under DIR (off by default)")
+    ap.add_argument("--max-queued-requests", type=int, default=None,
+                    help=f"waiting requests before 503 (default {DEFAULT_MAX_QUEUED})")
+    ap.add_argument("--shutdown-timeout", type=float, default=30.0,
+                    help="seconds in-flight requests get to finish after SIGTERM")
+    ap.add_argument("--log-level", default="WARNING")
+    add_engine_arguments(ap)
+
+
+def _limit_images(spec: Optional[str]) -> Optional[int]:
+    if spec is None:
+        return None
+    try:
+        spec = json.loads(spec) if spec.strip().startswith("{") else dict(
+            kv.split("=", 1) for kv in spec.split(","))
+        unknown = set(spec) - {"image"}
+        if unknown:
+            raise ValueError(f"unknown modality {sorted(unknown)}")
+        return int(spec["image"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"--limit-mm-per-prompt {spec!r} is invalid ({e}); accepted: image=N") from None
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from ..cliargs import engine_configs, resolve_model
+    from ..models.base import read_config_json
+    from ..models.registry import family_for
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        model = resolve_model(args.model)
+        family_for(read_config_json(model))  # fail fast on a wrong folder, before binding the port
+        ecfg, vcfg, tcfg = engine_configs(args)
+        core = ServerCore(model, args.model_name, ecfg, vcfg, tcfg, args.api_keys,
+                          _limit_images(args.limit_mm_per_prompt), args.allowed_local_media_path)
+    except ValueError as e:
+        print(f"seer serve: {e}", file=sys.stderr)
+        return 2
+    app = build_app(core)
+    config = uvicorn.Config(app, host=args.server_name, port=args.server_port, log_level=args.log_level.lower(),
+                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+    server = uvicorn.Server(config)
+    print(f"[seer] serving {model} as {core.model_name!r} on http://{args.server_name}:{args.server_port} "
+          "(the model loads in the background; GET /health says when it is ready)", file=sys.stderr, flush=True)
+    # uvicorn handles SIGTERM/SIGINT (stop accepting, drain, shut down) and re-raises the signal
+    # afterwards; these handlers turn that re-raise into a clean exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: None)
+    server.run()
+    return 1 if core.load_error else 0
