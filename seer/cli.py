@@ -17,6 +17,8 @@ import os
 import platform
 import sys
 
+from .cliargs import add_engine_arguments
+
 
 def _check_env(_args) -> int:
     import torch
@@ -48,15 +50,19 @@ def _check_env(_args) -> int:
 
 
 def _run(args) -> int:
-    from seer import EngineConfig, GenerationConfig, pipeline
+    from seer import GenerationConfig, pipeline
+    from seer.cliargs import engine_configs, resolve_model
     from seer.vl import load_image
 
     try:
+        if args.prompt is None:  # `seer run PROMPT`: the one positional is the prompt
+            args.model, args.prompt = None, args.model
+        model = resolve_model(args.model)
         images = [load_image(x) for x in args.image]
         gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                                temperature=args.temperature, top_p=args.top_p, random_seed=args.seed)
-        with pipeline(args.model, EngineConfig(session_len=args.session_len)) as pipe:
-            print(f"[seer] loaded {args.model}", file=sys.stderr)
+        with pipeline(model, *engine_configs(args)) as pipe:
+            print(f"[seer] loaded {model}", file=sys.stderr)
             prompt = (args.prompt, images) if images else args.prompt
             for delta in pipe.stream_infer(prompt, gen_config=gen):
                 print(delta.text, end="", flush=True)
@@ -100,14 +106,14 @@ def main(argv=None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("check-env", help="print versions, devices and CPU features").set_defaults(fn=_check_env)
     r = sub.add_parser("run", help="answer one prompt and print it")
-    r.add_argument("model", help="a local model folder (Hugging Face layout)")
-    r.add_argument("prompt")
+    r.add_argument("model", help="a local model folder (default: seer's demo model)")
+    r.add_argument("prompt", nargs="?", default=None)
     r.add_argument("--image", action="append", default=[], help="a path, URL or data: URI (repeatable)")
     r.add_argument("--max-new-tokens", type=int, default=256)
     r.add_argument("--temperature", type=float, default=0.0)
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=None)
-    r.add_argument("--session-len", type=int, default=None)
+    add_engine_arguments(r)
     r.set_defaults(fn=_run)
     for name, (_, help_text) in _MODULES.items():
         if " " not in name:
