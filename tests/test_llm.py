@@ -39,7 +39,7 @@ def test_precomputed_embeddings_skip_the_vision_encoder(llm, tiny_llava):
     fam = llm._pipe.family
     _, pixels = fam.image_inputs(img)
     with torch.inference_mode():
-        embeds = fam.model.encode_images(pixels[None])[0]
+        embeds = fam.model.encode_images([pixels])[0]
     misses = llm._pipe.engine.runner.feature_misses
     got = llm.generate({"prompt": _raw_prompt(tiny_llava), "multi_modal_data": {"image": embeds.clone()}}, GREEDY)
     assert got[0].outputs[0].token_ids == want

@@ -183,19 +183,17 @@ class ModelRunner:
                 self.feature_hits += 1
             else:
                 todo[it.hash] = it
-        groups: dict[tuple, list[MMItem]] = {}
-        for it in todo.values():
-            groups.setdefault(tuple(it.data.shape), []).append(it)
-        for group in groups.values():
-            for i in range(0, len(group), self.vision_batch_size):
-                chunk = group[i:i + self.vision_batch_size]
-                pixels = torch.stack([it.data for it in chunk]).to(self.device)
-                for it, f in zip(chunk, self.model.encode_images(pixels)):
-                    if f.shape[0] != it.length:
-                        raise ValueError(f"image encoder gave {f.shape[0]} features for {it.length} placeholders")
-                    found[it.hash] = f
-                    self._remember(it.hash, f)
-                self.feature_misses += len(chunk)
+        # The model batches a chunk as it can (stacked, or patches concatenated): images of
+        # different sizes may share a vision forward.
+        group = list(todo.values())
+        for i in range(0, len(group), self.vision_batch_size):
+            chunk = group[i:i + self.vision_batch_size]
+            for it, f in zip(chunk, self.model.encode_images([it.data for it in chunk])):
+                if f.shape[0] != it.length:
+                    raise ValueError(f"image encoder gave {f.shape[0]} features for {it.length} placeholders")
+                found[it.hash] = f
+                self._remember(it.hash, f)
+            self.feature_misses += len(chunk)
         return found
 
     def _remember(self, key: str, feats: torch.Tensor) -> None:

@@ -2,7 +2,7 @@
 
 A family turns a model folder into: a tokenizer, a chat template, an ``nn.Module``
 on the device with the runner's interface (``embed``, ``forward``, ``compute_logits``,
-and ``encode_images`` for VLMs) and a way to turn a conversation into token ids with
+and ``encode_images(list of MMItem.data) -> list of features`` for VLMs) and a way to turn a conversation into token ids with
 image placeholder runs (``encode``). Subclasses override ``build_model`` and, for
 VLMs, ``image_inputs``; everything else is shared.
 """

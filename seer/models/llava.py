@@ -98,14 +98,20 @@ class LlavaForConditionalGeneration(nn.Module):
     def compute_logits(self, hidden):
         return self.language_model.compute_logits(hidden)
 
-    def encode_images(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+    def encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Features of a batch of images (pixel tensors of one shape): one tensor per image."""
+        ref = self.language_model.embed_tokens.weight
+        return list(self.image_features(torch.stack(images).to(ref.device)))
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[images, 3, H, W] -> projected features [images, tokens, hidden]."""
         c = self.hf_config
         out = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True)
         layers = [c.vision_feature_layer] if isinstance(c.vision_feature_layer, int) else c.vision_feature_layer
         hs = [out.hidden_states[i] for i in layers]
         if c.vision_feature_select_strategy == "default":
             hs = [h[:, 1:] for h in hs]
-        return list(self.multi_modal_projector(torch.cat(hs, dim=-1)))
+        return self.multi_modal_projector(torch.cat(hs, dim=-1))
 
 
 class LlavaFamily(ModelFamily):
