@@ -75,3 +75,8 @@ def text_pipe(tiny_llama):
 
     with pipeline(tiny_llama) as pipe:
         yield pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_next(tmp_path_factory):
+    return tiny_models.build_llava_next(str(tmp_path_factory.mktemp("tiny") / "llava_next"))

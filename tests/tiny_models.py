@@ -235,7 +235,7 @@ ROPE_THETA = {"llama": 10000.0, "mistral": 1000000.0, "qwen2": 1000000.0, "qwen3
 # Raw torch seed for ``seed=0`` per model kind, picked so that greedy output for a handful of
 # prompts is varied (at least 14 distinct tokens in 32, no run of one token longer than 3).
 _BASE_SEED = {"llama": 0, "mistral": 5, "qwen2": 4, "qwen3": 5, "internlm2": 6,
-              "llava-llama": 2, "llava-mistral": 6}
+              "llava-llama": 2, "llava-mistral": 6, "llava-next": 2}
 
 
 def _seed_for(kind: str, seed: int) -> int:
@@ -520,6 +520,48 @@ def build_llava(path: str, lm: str = "llama", seed: int = 0) -> str:
     return path
 
 
+# LLaVA-NeXT: 56px tiles, pinpoints up to 2x2 tiles (so a 112x56 image takes 1x2 tiles).
+NEXT_PINPOINTS = [[56, 112], [112, 56], [112, 112], [56, 168], [168, 56]]
+
+
+def build_llava_next(path: str, seed: int = 0) -> str:
+    """A tiny random ``LlavaNextForConditionalGeneration`` (CLIP 56px/14 tiles, anyres) with
+    tokenizer, LlavaNextImageProcessorPil and LlavaNextProcessor saved to ``path``."""
+    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
+                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+
+    tok = _make_tokenizer("llava")
+    vision = CLIPVisionConfig(
+        image_size=VISION_IMAGE_SIZE, patch_size=VISION_PATCH, hidden_size=32,
+        num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, projection_dim=32,
+        hidden_act="quick_gelu", layer_norm_eps=1e-5,
+    )
+    seed = _seed_for("llava-next", seed)
+    cfg = LlavaNextConfig(
+        vision_config=vision, text_config=_text_config("llama", tok), image_token_id=tok.image_token_id,
+        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
+        tie_word_embeddings=False, image_grid_pinpoints=NEXT_PINPOINTS, image_seq_length=IMAGE_TOKENS_PER_IMAGE,
+    )
+    torch.manual_seed(seed)
+    model = LlavaNextForConditionalGeneration(cfg).eval()
+    _randomize(model, seed, unscaled=("multi_modal_projector.linear_2",))
+    with torch.no_grad():  # a visible newline vector, not init noise
+        model.model.image_newline.normal_(0, 1.0)
+    model.generation_config = _generation_config(tok)
+    os.makedirs(path, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    image_proc = LlavaNextImageProcessorPil(
+        size={"shortest_edge": VISION_IMAGE_SIZE}, crop_size={"height": VISION_IMAGE_SIZE, "width": VISION_IMAGE_SIZE},
+        image_grid_pinpoints=NEXT_PINPOINTS, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+    proc = LlavaNextProcessor(image_processor=image_proc, tokenizer=tok, patch_size=VISION_PATCH,
+                              vision_feature_select_strategy="default", chat_template=tok.chat_template,
+                              image_token=IMAGE_TOKEN, num_additional_image_tokens=1)
+    proc.save_pretrained(path)
+    image_proc.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 # --------------------------------------------------------------------------------------------
 # Reference helpers
 # --------------------------------------------------------------------------------------------
@@ -530,7 +572,7 @@ def _read_config(model_dir: str) -> dict:
 
 
 def _is_llava(model_dir: str) -> bool:
-    return _read_config(model_dir).get("model_type") == "llava"
+    return _read_config(model_dir).get("model_type") in ("llava", "llava_next")
 
 
 def _reference_dir(model_dir: str) -> str:
@@ -589,7 +631,7 @@ def hf_inputs(model_dir: str, messages: list[dict], images: Optional[Sequence[An
         if images:
             raise ValueError(f"{model_dir} is a text-only model; got {len(images)} image(s)")
         out = load_tokenizer(model_dir)(text, add_special_tokens=False, return_tensors="pt")
-    return {k: v for k, v in dict(out).items() if k in ("input_ids", "attention_mask", "pixel_values")}
+    return {k: v for k, v in dict(out).items() if k in ("input_ids", "attention_mask", "pixel_values", "image_sizes")}
 
 
 @torch.no_grad()
@@ -609,7 +651,7 @@ def hf_greedy(model_dir: str, inputs: Union[dict, Sequence[int]], max_new_tokens
         inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     inputs = {k: (torch.as_tensor(v) if not torch.is_tensor(v) else v) for k, v in inputs.items()}
     if inputs["input_ids"].ndim == 1:
-        inputs = {k: (v[None] if k != "pixel_values" else v) for k, v in inputs.items()}
+        inputs = {k: (v[None] if k not in ("pixel_values", "image_sizes") else v) for k, v in inputs.items()}
     if inputs["input_ids"].shape[0] != 1:
         raise ValueError("hf_greedy takes one sequence")
     gen = model.generation_config

@@ -131,8 +131,8 @@ class ModelFamily:
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
 
-    def image_inputs(self, image) -> tuple[int, torch.Tensor]:
-        """(placeholder tokens, pixel tensor) for one image."""
+    def image_inputs(self, image) -> tuple[int, object]:
+        """(placeholder tokens, what the model's ``encode_images`` takes for it) for one image."""
         raise NotImplementedError
 
     @property
@@ -216,7 +216,9 @@ class ModelFamily:
                 item = MMItem(len(out), feats.shape[0], "embeds:" + _tensor_hash(feats), feats, "embeds")
             else:
                 n, pixels = self.image_inputs(img)
-                item = MMItem(len(out), n, image_hash(img), pixels.to(self.dtype))
+                if isinstance(pixels, torch.Tensor):
+                    pixels = pixels.to(self.dtype)
+                item = MMItem(len(out), n, image_hash(img), pixels)
             items.append(item)
             out.extend([tok] * item.length)
         return PromptInputs(out, items)

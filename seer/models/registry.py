@@ -15,6 +15,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Qwen3ForCausalLM": ("seer.models.text", "LlamaFamily"),
     "InternLM2ForCausalLM": ("seer.models.text", "InternLM2Family"),
     "LlavaForConditionalGeneration": ("seer.models.llava", "LlavaFamily"),
+    "LlavaNextForConditionalGeneration": ("seer.models.llava_next", "LlavaNextFamily"),
 }
 
 
