@@ -126,6 +126,16 @@ TurbomindEngineConfig = EngineConfig
 PytorchEngineConfig = EngineConfig
 
 
+def check_pixel_bounds(min_pixels, max_pixels, where: str = "") -> None:
+    """``min_pixels`` / ``max_pixels``: None or integers >= 1, min <= max."""
+    for name, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):
+        _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), where + name, v,
+               "None or an integer >= 1 (a number of pixels)")
+    if min_pixels is not None and max_pixels is not None:
+        _check(min_pixels <= max_pixels, where + "min_pixels", min_pixels,
+               f"it must not exceed max_pixels={max_pixels}")
+
+
 @dataclass
 class VisionConfig:
     """How images are encoded."""
@@ -133,12 +143,19 @@ class VisionConfig:
     max_batch_size: int = 8  # images per vision-encoder forward
     thread_safe: bool = False  # accepted for LMDeploy compatibility; unused
     feature_cache_size: int = 256  # images whose features stay cached (by content hash)
+    vision_tower_path: Optional[str] = None  # original-layout LLaVA: the CLIP folder its config names
+    # Dynamic-resolution families (Qwen2-VL, Qwen2.5-VL): each image is resized, keeping its aspect
+    # ratio, to between min_pixels and max_pixels pixels; None: the model's preprocessor_config.json.
+    # A request overrides them per image with an image part's "min_pixels" / "max_pixels" keys.
+    min_pixels: Optional[int] = None
+    max_pixels: Optional[int] = None
 
     def __post_init__(self):
         _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1,
                "max_batch_size", self.max_batch_size, "an integer >= 1")
         _check(isinstance(self.feature_cache_size, int) and self.feature_cache_size >= 0,
                "feature_cache_size", self.feature_cache_size, "an integer >= 0")
+        check_pixel_bounds(self.min_pixels, self.max_pixels, "VisionConfig.")
 
 
 @dataclass

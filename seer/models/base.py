@@ -82,6 +82,21 @@ def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         raise ValueError(f"could not read weights file {path}: {e}") from e
 
 
+def checkpoint_names(path: str) -> list[str]:
+    """The tensor names of a checkpoint folder, from the safetensors headers (no data read)."""
+    names = []
+    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+        try:
+            with open(file, "rb") as f:
+                header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not read weights file {file}: {e}") from e
+        names += [n for n in header if n != "__metadata__"]
+    if not names:
+        names = [n for n, _ in checkpoint_tensors(path)]
+    return names
+
+
 def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of a checkpoint folder, one at a time (safetensors, else PyTorch .bin)."""
     files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
@@ -155,9 +170,13 @@ class ModelFamily:
             model = self.build_model()
         model.to_empty(device=self.device)
         model.to(self.dtype)
-        model.load_weights(checkpoint_tensors(self.path))
+        model.load_weights(self.weights())
         model.finish_init()
         return model.eval()
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The checkpoint's tensors, named as the model's ``load_weights`` expects."""
+        return checkpoint_tensors(self.path)
 
     def kv_spec(self) -> KVSpec:
         s = self.model.spec

@@ -61,7 +61,8 @@ class LlavaForConditionalGeneration(nn.Module):
         def lm_weights():
             for name, w in weights:
                 if (rest := _strip(name, _VISION)) is not None:
-                    self._vision_state[rest] = w
+                    # hub CLIP checkpoints nest the tower under vision_model.; transformers 5 does not
+                    self._vision_state[rest.removeprefix("vision_model.")] = w
                 elif (rest := _strip(name, _PROJECTOR)) is not None:
                     projector[rest] = w
                 else:
@@ -120,12 +121,15 @@ class LlavaFamily(ModelFamily):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from transformers import AutoImageProcessor
-
-        self.image_processor = AutoImageProcessor.from_pretrained(self.path)
+        self.image_processor = self.load_image_processor()
         v = self.hf_config.vision_config
         full = self.hf_config.vision_feature_select_strategy == "full"
         self.tokens_per_image = (v.image_size // v.patch_size) ** 2 + (1 if full else 0)
+
+    def load_image_processor(self):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(self.path)
 
     def text_config(self):
         return self.hf_config.text_config

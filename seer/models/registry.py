@@ -16,6 +16,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "InternLM2ForCausalLM": ("seer.models.text", "InternLM2Family"),
     "LlavaForConditionalGeneration": ("seer.models.llava", "LlavaFamily"),
     "LlavaNextForConditionalGeneration": ("seer.models.llava_next", "LlavaNextFamily"),
+    "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
+    "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
 }
 
 

@@ -1,0 +1,163 @@
+"""LLaVA-1.5 / 1.6 in the original LLaVA repo's layout (``LlavaLlamaForCausalLM``).
+
+The tiny original-layout checkpoints are written here from the transformers-layout tiny models,
+with the published names (``model.layers.*``, ``model.mm_projector.{0,2}``, ``model.image_newline``,
+``mm_*`` config keys) and the CLIP tower in its own folder, found through a stand-in Hugging
+Face cache (``mm_vision_tower`` is a hub id, as in liuhaotian/llava-v1.5-7b). Reference: seer's
+own mapping converts the folder back to transformers layout (which must give back the exact
+tensors it came from), and transformers' ``generate`` on that checkpoint is the reference.
+"""
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import tiny_models as tm
+from seer import GenerationConfig, VisionConfig, pipeline
+from seer.models.llava_original import convert_to_transformers, expand2square
+
+TOWER_ID = "tiny-org/clip-vit-tiny-test"
+N = 32
+GEN = GenerationConfig(max_new_tokens=N, ignore_eos=True)
+TEXT = "describe this image in a few words"
+
+_TEXT_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_hidden_layers", "num_key_value_heads",
+              "max_position_embeddings", "rms_norm_eps", "vocab_size", "bos_token_id", "eos_token_id",
+              "pad_token_id", "hidden_act", "tie_word_embeddings")
+
+
+def write_original_layout(hf_dir: str, dst: str, hub_cache: str) -> str:
+    """The original LLaVA repo's layout of a transformers-layout tiny LLaVA(-NeXT) folder."""
+    from transformers import AutoConfig, CLIPVisionModel
+
+    cfg = AutoConfig.from_pretrained(hf_dir)
+    text = cfg.text_config
+    raw = {k: getattr(text, k) for k in _TEXT_KEYS}
+    raw.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama", rope_theta=tm._rope_theta(text),
+               mm_vision_tower=TOWER_ID, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
+               mm_vision_select_feature="patch", mm_hidden_size=cfg.vision_config.hidden_size,
+               mm_use_im_start_end=False, mm_use_im_patch_token=False, image_aspect_ratio="pad",
+               mm_patch_merge_type="flat")
+    if cfg.model_type == "llava_next":
+        raw.update(image_aspect_ratio="anyres", image_grid_pinpoints=cfg.image_grid_pinpoints,
+                   mm_patch_merge_type="spatial_unpad")
+    os.makedirs(dst, exist_ok=True)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump(raw, f)
+    published, tower = {}, {}
+    for name, w in _canonical(hf_dir).items():
+        if name.startswith("model.vision_tower."):
+            tower[name[len("model.vision_tower."):]] = w
+        elif name.startswith("model.multi_modal_projector.linear_1."):
+            published["model.mm_projector.0." + name.rsplit(".", 1)[1]] = w
+        elif name.startswith("model.multi_modal_projector.linear_2."):
+            published["model.mm_projector.2." + name.rsplit(".", 1)[1]] = w
+        elif name.startswith("model.language_model."):
+            published["model." + name[len("model.language_model."):]] = w
+        else:
+            published[name] = w  # lm_head.weight, model.image_newline
+    save_file(published, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    for name in os.listdir(hf_dir):
+        if name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+            shutil.copy(os.path.join(hf_dir, name), dst)
+    # the CLIP tower, in a stand-in hub cache: models--ORG--NAME/snapshots/REV + refs/main
+    repo = os.path.join(hub_cache, "models--" + TOWER_ID.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", "0123abcd")
+    tower_model = CLIPVisionModel(cfg.vision_config)
+    tower_model.load_state_dict(tower, strict=False)
+    tower_model.save_pretrained(snap)
+    tm._image_processor().save_pretrained(snap)
+    os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+    with open(os.path.join(repo, "refs", "main"), "w") as f:
+        f.write("0123abcd")
+    return dst
+
+
+_V4 = (("language_model.model.", "model.language_model."), ("language_model.lm_head.", "lm_head."),
+       ("vision_tower.", "model.vision_tower."), ("multi_modal_projector.", "model.multi_modal_projector."),
+       ("image_newline", "model.image_newline"))
+
+
+def _canonical(folder: str) -> dict:
+    """A transformers-layout LLaVA checkpoint's tensors under transformers 5 names, whichever
+    naming the file uses (5.x saves the 4.x names)."""
+    out = {}
+    for name, w in load_file(os.path.join(folder, "model.safetensors")).items():
+        for old, new in _V4:
+            if name.startswith(old):
+                name = new + name[len(old):]
+                break
+        out[name.replace("model.vision_tower.vision_model.", "model.vision_tower.")] = w
+    return out
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("hub"))
+    old = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = path
+    yield path
+    if old is None:
+        os.environ.pop("HF_HUB_CACHE")
+    else:
+        os.environ["HF_HUB_CACHE"] = old
+
+
+@pytest.fixture(scope="module", params=["1.5", "1.6"])
+def original(request, hub, tmp_path_factory):
+    hf_dir = request.getfixturevalue("tiny_llava" if request.param == "1.5" else "tiny_llava_next")
+    root = tmp_path_factory.mktemp("orig")
+    dst = write_original_layout(hf_dir, str(root / f"llava-v{request.param}"), hub)
+    converted = convert_to_transformers(dst, str(root / f"llava-v{request.param}-hf"))
+    with pipeline(dst) as pipe:
+        yield request.param, hf_dir, dst, converted, pipe
+
+
+def test_seer_mapping_converts_back_to_the_same_tensors(original):
+    _, hf_dir, _, converted, _ = original
+    back = _canonical(converted)
+    want = {k: v for k, v in _canonical(hf_dir).items() if not k.endswith("position_ids")}
+    assert set(back) == set(want)
+    for k, v in want.items():
+        assert torch.equal(back[k], v), k
+
+
+@pytest.mark.parametrize("n_images", [0, 1, 2])
+def test_greedy_parity_with_transformers_on_the_converted_checkpoint(original, n_images):
+    version, hf_dir, _, converted, pipe = original
+    # 1.5 pads images to a square before the CLIP processor (the original rule; transformers'
+    # processor does not), so square images make the two preprocessings agree.
+    sizes = [(48, 48), (60, 60)] if version == "1.5" else [(120, 50), (40, 100)]
+    images = [tm.make_image(40 + i, size=sizes[i]) for i in range(n_images)]
+    messages = [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": TEXT}]}]
+    ref = tm.hf_inputs(hf_dir, messages, images)  # the processor the tiny model was built with
+    expected = tm.hf_greedy(converted, ref, max_new_tokens=N, ignore_eos=True)  # transformers on seer's conversion
+    r = pipe((TEXT, images) if images else TEXT, gen_config=GEN)
+    assert r.input_token_len == ref["input_ids"].shape[1]
+    assert r.token_ids == expected
+
+
+def test_pad_preprocessing_pads_to_a_square_with_the_mean_colour(original):
+    version, _, _, _, pipe = original
+    if version != "1.5":
+        pytest.skip("anyres (1.6) tiles the image instead")
+    img = tm.make_image(7, size=(90, 40))
+    proc = pipe.family.image_processor
+    square = expand2square(img, tuple(int(x * 255) for x in proc.image_mean))
+    assert square.size == (90, 90) and square.getpixel((0, 0)) == tuple(int(x * 255) for x in proc.image_mean)
+    _, pixels = pipe.family.image_inputs(img)
+    assert torch.equal(pixels, proc(images=[square], return_tensors="pt")["pixel_values"][0])
+
+
+def test_a_missing_vision_tower_names_what_to_do(tiny_llava, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    dst = write_original_layout(tiny_llava, str(tmp_path / "orig"), str(tmp_path / "other-hub"))
+    with pytest.raises(ValueError, match="vision_tower_path"):
+        pipeline(dst)
+    tower = os.path.join(tmp_path, "other-hub", "models--" + TOWER_ID.replace("/", "--"), "snapshots", "0123abcd")
+    with pipeline(dst, vision_config=VisionConfig(vision_tower_path=tower)) as pipe:
+        assert pipe(("hi", tm.make_image(1, size=(30, 30))), gen_config=GenerationConfig(max_new_tokens=2)).text
