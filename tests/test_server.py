@@ -138,6 +138,16 @@ def test_completions_take_the_raw_prompt(client, tiny_llava):
     assert "".join(c.choices[0].text for c in stream if c.choices) == want.outputs[0].text
 
 
+def test_completions_of_several_prompts_count_each_prompt_once(client, server):
+    out = client.completions.create(model="tiny-llava", prompt=["one two", "three four five"], n=2, max_tokens=3,
+                                    temperature=0, extra_body={"ignore_eos": True})
+    assert len(out.choices) == 4 and out.usage.completion_tokens == 12
+    single = [client.completions.create(model="tiny-llava", prompt=p, max_tokens=1).usage.prompt_tokens
+              for p in ("one two", "three four five")]
+    assert out.usage.prompt_tokens == sum(single)
+    assert out.choices[0].text == out.choices[1].text  # greedy: both choices of a prompt agree
+
+
 def test_n_choices_and_seeded_sampling(client):
     kw = dict(model="tiny-llava", messages=_user("Say something."), max_tokens=8, temperature=1.0, seed=7)
     one = client.chat.completions.create(n=3, **kw)

@@ -334,7 +334,7 @@ def build_app(core: ServerCore, load_in_background: bool = True):
             if req.logprobs:
                 choice["logprobs"] = chat_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.top_logprobs or 0)
             choices.append(choice)
-        return chat_response(rid, model, choices, _usage(results))
+        return chat_response(rid, model, choices, _usage(results, req.n))
 
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, request: Request):
@@ -365,7 +365,7 @@ def build_app(core: ServerCore, load_in_background: bool = True):
                 choice["logprobs"] = completion_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.logprobs,
                                                          len(echo[i]))
             choices.append(choice)
-        return completion_response(rid, model, choices, _usage(results))
+        return completion_response(rid, model, choices, _usage(results, req.n))
 
     return app
 
@@ -417,9 +417,12 @@ def _finish_reason(reason: Optional[str]) -> Optional[str]:
     return {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}.get(reason, reason)
 
 
-def _usage(results: list[dict]) -> dict:
-    prompt = results[0]["prompt"] if results else 0
-    return usage(prompt, sum(r["output"] for r in results), results[0]["cached"] if results else 0)
+def _usage(results: list[dict], n: int) -> dict:
+    """Usage of a request whose choices are ``n`` per prompt, prompt after prompt: each prompt
+    counts once, every choice's output counts."""
+    firsts = results[::n]
+    return usage(sum(r["prompt"] for r in firsts), sum(r["output"] for r in results),
+                 sum(r["cached"] for r in firsts))
 
 
 def _sse(obj: Any) -> str:
@@ -455,9 +458,9 @@ async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: s
             choice["logprobs"] = chat_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.top_logprobs or 0)
         last = out.finished and not job.pending
         # The final chunk carries usage (as LMDeploy does); include_usage adds OpenAI's usage-only chunk.
-        yield _sse(chat_chunk(rid, model, created, [choice], _usage(results) if last else None))
+        yield _sse(chat_chunk(rid, model, created, [choice], _usage(results, req.n) if last else None))
     if req.stream_options and req.stream_options.include_usage:
-        yield _sse(chat_chunk(rid, model, created, [], _usage(results)))
+        yield _sse(chat_chunk(rid, model, created, [], _usage(results, req.n)))
     yield "data: [DONE]\n\n"
 
 
@@ -484,7 +487,7 @@ async def _completion_stream(job: _Job, req: CompletionRequest, rid: str, model:
             choice["logprobs"] = completion_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.logprobs,
                                                      offset)
         last = out.finished and not job.pending
-        yield _sse(completion_response(rid, model, [choice], _usage(results) if last else None, created=created))
+        yield _sse(completion_response(rid, model, [choice], _usage(results, req.n) if last else None, created=created))
     if req.stream_options and req.stream_options.include_usage:
         yield _sse(completion_response(rid, model, [], _usage(results), created=created))
     yield "data: [DONE]\n\n"
