@@ -27,11 +27,11 @@ def resolve_model(model: Optional[str]) -> str:
         return model
     try:
         from .assets import default_model_path
-    except ImportError:
-        default_model_path = None
-    path = default_model_path() if default_model_path else None
-    if not path or not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError("no model given and seer's demo model is not installed; pass a model folder")
+
+        path = default_model_path()
+    except (ImportError, OSError) as e:
+        raise ValueError(f"no model given, and seer's demo model cannot be used ({e}); pass a model folder") \
+            from None
     print(f"[seer] no model given: using seer's demo model ({path})", file=sys.stderr)
     return path
 

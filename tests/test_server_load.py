@@ -122,7 +122,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_llava):
 
 @pytest.mark.parametrize("flags,words", [
     (["/no/such/model"], "not a folder"),
-    (["--limit-mm-per-prompt", "video=3"], "limit-mm-per-prompt"),
+    (["--limit-mm-per-prompt", "audio=3"], "limit-mm-per-prompt"),
     (["--session-len", "3"], "session_len"),
 ])
 def test_serve_refuses_bad_options_before_binding(tiny_llava, flags, words):

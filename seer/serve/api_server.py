@@ -57,14 +57,14 @@ class ServerCore:
     def __init__(self, model_path: str, model_name: Optional[str] = None,
                  engine_config: Optional[EngineConfig] = None, vision_config: Optional[VisionConfig] = None,
                  chat_template_config: Optional[ChatTemplateConfig] = None, api_keys=None,
-                 limit_images: Optional[int] = None, allowed_local_media_path: Optional[str] = None):
+                 limits: Optional[dict] = None, allowed_local_media_path: Optional[str] = None):
         self.model_path = model_path
         self.model_name = model_name or model_path
         self.engine_config = engine_config or EngineConfig()
         self.vision_config = vision_config
         self.chat_template_config = chat_template_config
         self.api_keys = set(api_keys or ())
-        self.limit_images = limit_images
+        self.limits = dict(limits or {})  # modality ("image", "video") -> max per prompt
         self.local_media = os.path.realpath(allowed_local_media_path) if allowed_local_media_path else None
         q = self.engine_config.max_queued_requests
         self.max_queued = DEFAULT_MAX_QUEUED if q is None else q
@@ -123,39 +123,48 @@ class ServerCore:
             raise BadRequest(f"too many requests are waiting ({self.max_queued}); retry later", 503,
                              type_="server_error", headers={"Retry-After": "1"})
 
-    def check_images(self, messages: list) -> None:
-        """Image sources must be remote (http(s) or data:) unless local files are allowed."""
-        n = 0
+    def check_media(self, messages: list) -> None:
+        """Image and video sources must be remote (http(s) or data:) unless local files are
+        allowed, and their number within the per-prompt limits."""
+        counts = {"image": 0, "video": 0}
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
             if not isinstance(content, list):
                 continue
             for part in content:
-                if not isinstance(part, dict) or part.get("type") not in ("image_url", "image"):
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind not in ("image_url", "image", "video_url", "video"):
                     continue
-                n += 1
-                src = part.get("image_url", part.get("image"))
+                modality = "video" if kind.startswith("video") else "image"
+                counts[modality] += 1
+                src = part.get(kind)
                 src = src.get("url") if isinstance(src, dict) else src
-                if not isinstance(src, str):
-                    raise BadRequest("an image_url part needs {'url': 'http(s)://... or data:...'}")
-                if src.startswith(REMOTE_SCHEMES):
-                    continue
-                path = os.path.realpath(src[len("file://"):] if src.startswith("file://") else src)
-                if self.local_media is None:
-                    raise BadRequest(f"image {src[:80]!r}: local files are not served; send an http(s) URL "
-                                     "or a data: URI (or start the server with --allowed-local-media-path)")
-                if os.path.commonpath([path, self.local_media]) != self.local_media:
-                    raise BadRequest(f"image {src[:80]!r} is outside --allowed-local-media-path "
-                                     f"{self.local_media}")
-        if self.limit_images is not None and n > self.limit_images:
-            raise BadRequest(f"the request has {n} images but this server allows {self.limit_images} per prompt "
-                             "(--limit-mm-per-prompt)")
+                frames = src if isinstance(src, list) and modality == "video" else [src]
+                for frame in frames:
+                    self._check_source(frame, modality)
+        for modality, n in counts.items():
+            limit = self.limits.get(modality)
+            if limit is not None and n > limit:
+                raise BadRequest(f"the request has {n} {modality}s but this server allows {limit} per prompt "
+                                 "(--limit-mm-per-prompt)")
+
+    def _check_source(self, src, modality: str) -> None:
+        if not isinstance(src, str):
+            raise BadRequest(f"an {modality} part needs {{'url': 'http(s)://... or data:...'}}")
+        if src.startswith(REMOTE_SCHEMES):
+            return
+        path = os.path.realpath(src[len("file://"):] if src.startswith("file://") else src)
+        if self.local_media is None:
+            raise BadRequest(f"{modality} {src[:80]!r}: local files are not served; send an http(s) URL "
+                             "or a data: URI (or start the server with --allowed-local-media-path)")
+        if os.path.commonpath([path, self.local_media]) != self.local_media:
+            raise BadRequest(f"{modality} {src[:80]!r} is outside --allowed-local-media-path {self.local_media}")
 
     # ---- preparation (worker threads) -------------------------------------------------------
     def prepare_chat(self, messages: list) -> PromptInputs:
         from ..messages import to_conversation
 
-        self.check_images(messages)
+        self.check_media(messages)
         return self.pipe.family.encode(to_conversation(messages))
 
     def prepare_completion(self, prompt) -> PromptInputs:
@@ -527,7 +536,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--model-name", default=None, help="the name clients use (default: the model path)")
     ap.add_argument("--api-keys", nargs="+", default=None, help="accepted bearer tokens; none: no auth")
     ap.add_argument("--limit-mm-per-prompt", default=None, metavar="image=N",
-                    help="max images per request, e.g. image=2")
+                    help="max images / videos per request, e.g. image=2,video=1")
     ap.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
                     help="serve image_url file paths under DIR (off by default)")
     ap.add_argument("--max-queued-requests", type=int, default=None,
@@ -538,18 +547,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     add_engine_arguments(ap)
 
 
-def _limit_images(spec: Optional[str]) -> Optional[int]:
+def _limits(spec: Optional[str]) -> dict:
+    """``image=2,video=1`` (or JSON ``{"image": 2}``) -> ``{"image": 2, "video": 1}``."""
     if spec is None:
-        return None
+        return {}
     try:
-        spec = json.loads(spec) if spec.strip().startswith("{") else dict(
-            kv.split("=", 1) for kv in spec.split(","))
-        unknown = set(spec) - {"image"}
+        raw = json.loads(spec) if spec.strip().startswith("{") else dict(kv.split("=", 1) for kv in spec.split(","))
+        unknown = set(raw) - {"image", "video"}
         if unknown:
             raise ValueError(f"unknown modality {sorted(unknown)}")
-        return int(spec["image"])
-    except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"--limit-mm-per-prompt {spec!r} is invalid ({e}); accepted: image=N") from None
+        return {k: int(v) for k, v in raw.items()}
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"--limit-mm-per-prompt {spec!r} is invalid ({e}); accepted: image=N[,video=M]") from None
 
 
 def run(args) -> int:
@@ -565,7 +574,7 @@ def run(args) -> int:
         family_for(read_config_json(model))  # fail fast on a wrong folder, before binding the port
         ecfg, vcfg, tcfg = engine_configs(args)
         core = ServerCore(model, args.model_name, ecfg, vcfg, tcfg, args.api_keys,
-                          _limit_images(args.limit_mm_per_prompt), args.allowed_local_media_path)
+                          _limits(args.limit_mm_per_prompt), args.allowed_local_media_path)
     except ValueError as e:
         print(f"seer serve: {e}", file=sys.stderr)
         return 2

@@ -71,11 +71,11 @@ class Backend:
 class PipelineBackend(Backend):
     """The engine in this process."""
 
-    def __init__(self, model: str, session_len: Optional[int] = None, pipe=None):
+    def __init__(self, model: str, configs=(), pipe=None):
         if pipe is None:
-            from seer import EngineConfig, pipeline
+            from seer import pipeline
 
-            pipe = pipeline(model, EngineConfig(session_len=session_len))
+            pipe = pipeline(model, *configs)
         self.pipe = pipe
         self.name = os.path.basename(os.path.normpath(model)) or model
 
@@ -395,8 +395,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--server-port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     ap.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                     help=f"default of the page's max-new-tokens control (default: {DEFAULT_MAX_NEW_TOKENS})")
-    ap.add_argument("--session-len", type=int, default=None,
-                    help="in-process engine: max prompt + output tokens per request")
+    from ..cliargs import add_engine_arguments
+
+    add_engine_arguments(ap)  # the in-process engine's
 
 
 def run(args) -> int:
@@ -412,12 +413,10 @@ def run(args) -> int:
     try:
         if args.api_url:
             backend: Backend = OpenAIBackend(args.api_url, args.model, args.api_key)
-        elif args.model:
-            backend = PipelineBackend(args.model, args.session_len)
         else:
-            print("seer serve gradio: give a model folder, or --api-url URL of a running seer server",
-                  file=sys.stderr)
-            return 2
+            from ..cliargs import engine_configs, resolve_model
+
+            backend = PipelineBackend(resolve_model(args.model), engine_configs(args))
     except ValueError as e:
         print(f"seer: {e}", file=sys.stderr)
         return 2
