@@ -4,7 +4,10 @@ A ``Conversation`` is a list of messages ``{"role": ROLE, "content": [Part, ...]
 with ROLE in ``system``/``user``/``assistant`` and each Part either
 ``{"type": "text", "text": str}`` or ``{"type": "image", "image": IMAGE}``, IMAGE
 being a decoded RGB ``PIL.Image.Image`` or a ``torch.Tensor`` of precomputed
-image embeddings (passed through untouched).
+image embeddings (passed through untouched). An image part may also carry
+``min_pixels`` / ``max_pixels`` (ints), read by dynamic-resolution families.
+Video models also get ``{"type": "video", "video": seer.vl.video.Video}`` parts
+(frames loaded, files decoded), with the same optional keys.
 
 What must stay true:
 - ``to_conversation`` loads every image (bad images raise ``ValueError`` here,
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from seer.config import check_pixel_bounds
 from seer.vl import load_image
+from seer.vl.video import load_video
 from seer.vl.constants import IMAGE_TOKEN
 
 Part = dict
@@ -33,7 +38,9 @@ PROMPT_SHAPES = ("a str; a tuple (text, image_or_list_of_images); a list of Open
 PART_TYPES = ("{'type': 'text', 'text': str}, {'type': 'image_url', 'image_url': {'url': URL}} "
               "(or 'image_url': URL), {'type': 'image', 'image': PIL_or_URL}, "
               "{'type': 'image_data', 'image_data': {'data': PIL}}, "
-              "{'type': 'image_embeds', 'image_embeds': torch.Tensor}")
+              "{'type': 'image_embeds', 'image_embeds': torch.Tensor}, "
+              "{'type': 'video', 'video': LIST_OF_FRAMES_or_FILE} (or 'video_url': {'url': FILE_or_URL}; "
+              "video models only)")
 
 
 def _is_tensor(obj) -> bool:
@@ -156,6 +163,8 @@ def _convert_part(part, role: str, where: str) -> Part:
         if not isinstance(part.get("text"), str):
             raise ValueError(f"{where}: a text part needs 'text' as a str, got {part.get('text')!r:.80}")
         return text_part(part["text"])
+    if kind in ("video", "video_url"):
+        return _convert_video_part(part, kind, role, where)
     if kind not in ("image", "image_url", "image_data", "image_embeds"):
         raise ValueError(f"{where}: unknown content part type {kind!r}; accepted parts: {PART_TYPES}")
     if role != "user":
@@ -165,7 +174,34 @@ def _convert_part(part, role: str, where: str) -> Part:
         raise ValueError(f"{where}: the {kind!r} part carries no image; accepted parts: {PART_TYPES}")
     if kind == "image_embeds" and not _is_tensor(source):
         raise ValueError(f"{where}: 'image_embeds' must be a torch.Tensor, got {type(source).__name__}")
-    return image_part(source)
+    return {**image_part(source), **_image_options(part, kind, where)}
+
+
+def _convert_video_part(part: dict, kind: str, role: str, where: str) -> Part:
+    """``{"type": "video", "video": Video, ...options}``; the frames are loaded (files decoded) here."""
+    if role != "user":
+        raise ValueError(f"{where}: videos are only accepted in user messages, found one in a {role!r} message")
+    value = part.get(kind)
+    inner = value if isinstance(value, dict) else {}
+    source = inner.get("url") if kind == "video_url" and inner else value
+    if source is None:
+        raise ValueError(f"{where}: the {kind!r} part carries no video; accepted parts: {PART_TYPES}")
+    options = {k: part[k] if part.get(k) is not None else inner.get(k) for k in ("fps", "nframes")}
+    video = load_video(source, **options)
+    return {"type": "video", "video": video, **_image_options(part, kind, where)}
+
+
+IMAGE_OPTIONS = ("min_pixels", "max_pixels")
+
+
+def _image_options(part: dict, kind: str, where: str) -> dict:
+    """Per-image preprocessing options (``min_pixels``/``max_pixels``, read by dynamic-resolution
+    families such as Qwen2-VL): on the part itself (Qwen's message format) or inside its
+    ``image_url`` dict (LMDeploy's)."""
+    inner = part.get(kind) if isinstance(part.get(kind), dict) else {}
+    found = {k: part[k] if part.get(k) is not None else inner.get(k) for k in IMAGE_OPTIONS}
+    check_pixel_bounds(found["min_pixels"], found["max_pixels"], f"{where}: image part's ")
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def _convert_message(message: dict, index: int) -> Message:

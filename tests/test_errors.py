@@ -223,8 +223,8 @@ BAD_PROMPTS = [
     ("too_long_text", lambda img, srv, tmp: "word " * 200, ["session_len", str(SESSION_LEN), "tokens"]),
     ("too_long_images", lambda img, srv, tmp: ("describe", [img] * 4), ["session_len", str(SESSION_LEN)]),
     ("image_token_count", lambda img, srv, tmp: (f"a{IMAGE_TOKEN}b{IMAGE_TOKEN}", img), [IMAGE_TOKEN, "2", "1"]),
-    ("unknown_part_type", lambda img, srv, tmp: [{"role": "user", "content": [{"type": "video", "video": "x"}]}],
-     ["video", "accepted parts"]),
+    ("unknown_part_type", lambda img, srv, tmp: [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}],
+     ["audio", "accepted parts"]),
     ("image_in_assistant_turn", lambda img, srv, tmp: [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": [{"type": "image", "image": img}]},

@@ -42,6 +42,11 @@ class PromptInputs:
 
     token_ids: list[int]
     mm_items: list[MMItem] = field(default_factory=list)
+    # M-RoPE families (Qwen2-VL) only: the prompt's (t, h, w) positions, an int64 tensor
+    # [3, len(token_ids)], and the offset of every later token: position = index + rope_delta.
+    # None for everyone else (and for text-only prompts): position = index.
+    mrope_positions: Any = None
+    rope_delta: int = 0
 
 
 @dataclass
@@ -79,6 +84,8 @@ class Sequence:
         self.token_ids: list[int] = list(inputs.token_ids)
         self.num_prompt_tokens = len(inputs.token_ids)
         self.mm_items = inputs.mm_items
+        self.mrope_positions = inputs.mrope_positions
+        self.rope_delta = inputs.rope_delta
         self.gen = gen
         self.max_total_tokens = max_total_tokens  # prompt + output never exceeds this
         self.sink = sink

@@ -8,6 +8,10 @@ their features over the placeholder tokens, runs the model and returns the logit
 of the sequences that sample.
 
 Packed order: sequences computing one token (decodes) first, then prefill chunks.
+
+Positions are token indices, except for M-RoPE models (``model.mrope``, Qwen2-VL): there
+they are ``[3, T]``, taken from the prompt's precomputed ``mrope_positions`` and, past the
+prompt, ``index + rope_delta``. Other models never take that path.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class ModelRunner:
         self.feature_hits = 0
         self.feature_misses = 0
         self.native_decode = (device.type == "cpu" and kv.dtype == torch.float32 and kernels.available())
+        self.mrope = bool(getattr(model, "mrope", False))
 
     # ---- the step -------------------------------------------------------------------
     @torch.inference_mode()
@@ -82,10 +87,30 @@ class ModelRunner:
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
         meta = self._metadata(seqs, counts, torch.tensor(slots, dtype=torch.long, device=dev))
         embeds = self._embed(input_ids, seqs, counts)
-        hidden = self.model(embeds, torch.tensor(positions, dtype=torch.long, device=dev), self.kv_caches, meta)
+        if self.mrope:
+            pos = self._mrope_positions(seqs, counts).to(dev)
+        else:
+            pos = torch.tensor(positions, dtype=torch.long, device=dev)
+        hidden = self.model(embeds, pos, self.kv_caches, meta)
         rows = torch.tensor(sample_rows, dtype=torch.long, device=dev)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
         return StepResult(sampling, logits)
+
+    @staticmethod
+    def _mrope_positions(seqs, counts) -> torch.Tensor:
+        """``[3, T]`` M-RoPE positions of the step's tokens (on the CPU)."""
+        flat, prompt_parts, row = [], [], 0
+        for seq, n in zip(seqs, counts):
+            start, d = seq.num_computed_tokens, seq.rope_delta
+            flat.extend(range(start + d, start + n + d))
+            p = seq.mrope_positions
+            if p is not None and start < p.shape[1]:
+                prompt_parts.append((row, p[:, start:start + n]))
+            row += n
+        out = torch.tensor(flat, dtype=torch.long).expand(3, -1).clone()
+        for r, p in prompt_parts:
+            out[:, r:r + p.shape[1]] = p
+        return out
 
     @torch.inference_mode()
     def zero_blocks(self, blocks: list[int]) -> None:

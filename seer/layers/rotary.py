@@ -2,8 +2,9 @@
 
 The inverse frequencies come from transformers' own rope functions, so every
 rope type the reference supports (default, linear, llama3, yarn, ...) gives the
-same angles. Positions are ``[T]`` for plain rope; M-RoPE families (Qwen2-VL)
-pass ``[3, T]`` and a section split, handled by ``MRotaryEmbedding`` later.
+same angles. Positions are ``[T]`` for plain rope; M-RoPE families (Qwen2-VL) pass
+``[3, T]`` (temporal, height, width) positions to ``MRotaryEmbedding``, whose section split
+says which of the three drives each frequency.
 """
 
 from __future__ import annotations
@@ -48,6 +49,33 @@ class RotaryEmbedding(nn.Module):
         Looked up once per step and shared by every layer.
         """
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+
+class MRotaryEmbedding(nn.Module):
+    """Multimodal rope (Qwen2-VL): frequency ``i`` of the ``head_dim / 2`` turns with the temporal,
+    height or width position as ``mrope_section`` says (sections taken in t, h, w order, cycling).
+
+    Angles are computed per step in fp32 from the positions (no table: a video's temporal
+    positions may run past the session length), exactly as transformers does.
+    """
+
+    def __init__(self, inv_freq: torch.Tensor, scaling: float, mrope_section):
+        super().__init__()
+        if sum(mrope_section) != inv_freq.numel():
+            raise ValueError(f"mrope_section {list(mrope_section)} must sum to head_dim / 2 = {inv_freq.numel()}")
+        axis = torch.cat([torch.full((n,), i % 3, dtype=torch.long) for i, n in enumerate(mrope_section)])
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.register_buffer("axis", axis, persistent=False)
+        self.scaling = scaling
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos and sin ``[T, 1, D]`` for positions ``[3, T]`` (or ``[T]``: the same on all axes)."""
+        if positions.dim() == 1:
+            freqs = positions[:, None].float() * self.inv_freq
+        else:
+            freqs = positions.t()[:, self.axis].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+        return (emb.cos() * self.scaling).to(dtype), (emb.sin() * self.scaling).to(dtype)
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

@@ -117,6 +117,7 @@ class ModelFamily:
 
     architectures: tuple[str, ...] = ()
     accepts_images = False
+    accepts_videos = False  # video parts ({"type": "video"}) are refused unless a family takes them
     image_placeholder = ""  # text a built-in chat template puts where an image goes
 
     def __init__(self, path: str, raw_config: dict, engine_cfg: EngineConfig, vision_cfg: VisionConfig,
@@ -208,13 +209,18 @@ class ModelFamily:
         images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
         if images and not self.accepts_images:
             raise ValueError(f"this model ({type(self).__name__}) is text-only and does not accept images")
-        placeholder = self.image_placeholder
-        text = self.chat_template.render(conversation, placeholder, add_generation_prompt=True)
-        adds_bos = getattr(self.chat_template, "adds_bos", False)
-        ids = self.tokenizer(text, add_special_tokens=not adds_bos)["input_ids"]
+        if not self.accepts_videos and any(p["type"] == "video" for m in conversation for p in m["content"]):
+            raise ValueError(f"this model ({type(self).__name__}) does not accept videos")
+        ids = self.prompt_ids(conversation)
         if not images:
             return PromptInputs(ids)
         return self._expand_images(ids, images)
+
+    def prompt_ids(self, conversation: list[dict]) -> list[int]:
+        """The conversation through the chat template, tokenized; one image token per image."""
+        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True)
+        adds_bos = getattr(self.chat_template, "adds_bos", False)
+        return self.tokenizer(text, add_special_tokens=not adds_bos)["input_ids"]
 
     def _expand_images(self, ids: list[int], images: list) -> PromptInputs:
         """Replace each image token by the run of placeholder tokens its features fill."""

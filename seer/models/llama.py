@@ -18,7 +18,11 @@ from torch import nn
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
-from ..layers.rotary import RotaryEmbedding, apply_rotary, rope_inv_freq
+from ..layers.rotary import MRotaryEmbedding, RotaryEmbedding, apply_rotary, rope_inv_freq
+
+
+# Model types whose q/k/v projections always carry a bias (Qwen2 and the Qwen2-VL decoders).
+_QKV_BIAS = ("qwen2", "qwen2_vl_text", "qwen2_5_vl_text")
 
 
 @dataclass
@@ -51,7 +55,7 @@ class DecoderSpec:
             intermediate_size=c.intermediate_size,
             vocab_size=c.vocab_size,
             rms_norm_eps=c.rms_norm_eps,
-            qkv_bias=bool(getattr(c, "attention_bias", False)) or model_type == "qwen2",
+            qkv_bias=bool(getattr(c, "attention_bias", False)) or model_type in _QKV_BIAS,
             qk_norm=model_type == "qwen3",
             tie_word_embeddings=bool(getattr(c, "tie_word_embeddings", False)),
             sliding_window=window if model_type in ("mistral", "qwen2", "qwen3") else None,
@@ -110,7 +114,9 @@ class LlamaForCausalLM(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(s) for _ in range(s.num_layers))
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
-        self.rotary: Optional[RotaryEmbedding] = None
+        self.rotary: Optional[nn.Module] = None
+        params = getattr(hf_text_config, "rope_parameters", None) or {}
+        self.mrope_section = params.get("mrope_section")  # M-RoPE (Qwen2-VL): positions are [3, T]
 
     def finish_init(self) -> None:
         """Build non-persistent state on the model's device; call after weights are loaded."""
@@ -118,7 +124,10 @@ class LlamaForCausalLM(nn.Module):
             self.lm_head.weight = self.embed_tokens.weight
         inv, scaling = rope_inv_freq(self.hf_text_config, self.spec.head_dim)
         device = self.embed_tokens.weight.device
-        self.rotary = RotaryEmbedding(inv, scaling, self.max_positions).to(device)
+        if self.mrope_section:
+            self.rotary = MRotaryEmbedding(inv, scaling, self.mrope_section).to(device)
+        else:
+            self.rotary = RotaryEmbedding(inv, scaling, self.max_positions).to(device)
 
     # ---- forward -----------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Qwen3ForCausalLM": ("seer.models.text", "LlamaFamily"),
     "InternLM2ForCausalLM": ("seer.models.text", "InternLM2Family"),
     "LlavaForConditionalGeneration": ("seer.models.llava", "LlavaFamily"),
+    "Qwen2VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
+    "Qwen2_5_VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
     "LlavaNextForConditionalGeneration": ("seer.models.llava_next", "LlavaNextFamily"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
     "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
