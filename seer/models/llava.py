@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .base import ModelFamily
+from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
 # Checkpoint prefixes: transformers 5 layout first, then the 4.x layout of llava-hf checkpoints.
@@ -45,13 +46,12 @@ class LlavaProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
-class LlavaForConditionalGeneration(nn.Module):
+class LlavaForConditionalGeneration(VisionLanguageModel):
     def __init__(self, hf_config, max_positions: int):
         super().__init__()
         self.hf_config = hf_config
         self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
         self.multi_modal_projector = LlavaProjector(hf_config)
-        self.spec = self.language_model.spec
         self.vision_tower = None  # built in finish_init, outside the meta device
         self._vision_state: dict[str, torch.Tensor] = {}
 
@@ -90,15 +90,6 @@ class LlavaForConditionalGeneration(nn.Module):
         self._vision_state = {}
 
     # ---- the runner's interface ------------------------------------------------------------
-    def embed(self, input_ids):
-        return self.language_model.embed(input_ids)
-
-    def forward(self, embeds, positions, kv_caches, meta):
-        return self.language_model(embeds, positions, kv_caches, meta)
-
-    def compute_logits(self, hidden):
-        return self.language_model.compute_logits(hidden)
-
     def encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """Features of a batch of images (pixel tensors of one shape): one tensor per image."""
         ref = self.language_model.embed_tokens.weight

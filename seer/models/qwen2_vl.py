@@ -46,6 +46,7 @@ from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from ..vl.video import video_hash
 from .base import ModelFamily
+from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
 _VISION = ("model.visual.", "visual.")
@@ -94,7 +95,7 @@ def mrope_positions(num_tokens: int, grids: list[tuple[int, tuple[int, int, int]
     return positions, int(positions.max()) + 1 - num_tokens
 
 
-class Qwen2VLForConditionalGeneration(nn.Module):
+class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     mrope = True  # the runner passes [3, T] positions
 
     def __init__(self, hf_config, max_positions: int):
@@ -106,7 +107,6 @@ class Qwen2VLForConditionalGeneration(nn.Module):
             or getattr(hf_config.text_config, "tie_word_embeddings", False))
         if not self.language_model.mrope_section:
             raise ValueError("the checkpoint's rope parameters name no 'mrope_section'; Qwen2-VL needs one")
-        self.spec = self.language_model.spec
         self.merge = hf_config.vision_config.spatial_merge_size
         self.visual = None  # built in finish_init, outside the meta device
         self._vision_state: dict[str, torch.Tensor] = {}
@@ -143,15 +143,6 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         self._vision_state = {}
 
     # ---- the runner's interface ------------------------------------------------------------
-    def embed(self, input_ids):
-        return self.language_model.embed(input_ids)
-
-    def forward(self, embeds, positions, kv_caches, meta):
-        return self.language_model(embeds, positions, kv_caches, meta)
-
-    def compute_logits(self, hidden):
-        return self.language_model.compute_logits(hidden)
-
     def encode_images(self, images: list) -> list[torch.Tensor]:
         """``images``: ``(patches [n, C*T*P*P], (t, h, w))`` pairs, of any sizes; one tower forward
         over all of them. Returns each one's features ``[t*h*w / merge^2, hidden]``."""

@@ -447,59 +447,70 @@ async def _closing(job: _Job, stream: AsyncIterator[str]) -> AsyncIterator[str]:
         job.close()
 
 
-async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: str, tokenizer):
-    created = int(time.time())
-    results = [_new_result() for _ in range(req.n)]
-    for i in range(req.n):
-        yield _sse(chat_chunk(rid, model, created, [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                                     "logprobs": None, "finish_reason": None}]))
+async def _stream_choices(job: _Job, results: list[dict], n: int, choice_of, chunk_of, include_usage: bool):
+    """The SSE body after any preamble: one chunk per delta that shows something, the request's
+    usage on its last content chunk (as LMDeploy does), OpenAI's usage-only chunk when asked for."""
     async for index, out in job.deltas():
-        r = results[index]
-        _add(r, out)
+        offset = len(results[index]["text"])  # of this choice's text before the delta
+        _add(results[index], out)
         if out.error:
             yield _sse(error_body(out.error, "server_error", code=500))
             continue
         if not out.new_text and not out.finished and not out.new_token_ids:
             continue
-        choice = {"index": index, "delta": {"content": out.new_text} if out.new_text else {},
-                  "logprobs": None, "finish_reason": _finish_reason(out.finish_reason) if out.finished else None}
+        last = out.finished and not job.pending
+        yield _sse(chunk_of([choice_of(index, out, offset)], _usage(results, n) if last else None))
+    if include_usage:
+        yield _sse(chunk_of([], _usage(results, n)))
+    yield "data: [DONE]\n\n"
+
+
+def _finish_of(out: RequestOutput) -> Optional[str]:
+    return _finish_reason(out.finish_reason) if out.finished else None
+
+
+async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: str, tokenizer):
+    created = int(time.time())
+
+    def chunk_of(choices, use=None):
+        return chat_chunk(rid, model, created, choices, use)
+
+    def choice_of(index, out, _offset):
+        choice = {"index": index, "delta": {"content": out.new_text} if out.new_text else {}, "logprobs": None,
+                  "finish_reason": _finish_of(out)}
         if req.logprobs and out.new_token_ids and out.new_logprobs:
             choice["logprobs"] = chat_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.top_logprobs or 0)
-        last = out.finished and not job.pending
-        # The final chunk carries usage (as LMDeploy does); include_usage adds OpenAI's usage-only chunk.
-        yield _sse(chat_chunk(rid, model, created, [choice], _usage(results, req.n) if last else None))
-    if req.stream_options and req.stream_options.include_usage:
-        yield _sse(chat_chunk(rid, model, created, [], _usage(results, req.n)))
-    yield "data: [DONE]\n\n"
+        return choice
+
+    for i in range(req.n):
+        yield _sse(chunk_of([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                              "finish_reason": None}]))
+    include = bool(req.stream_options and req.stream_options.include_usage)
+    async for event in _stream_choices(job, [_new_result() for _ in range(req.n)], req.n, choice_of, chunk_of,
+                                       include):
+        yield event
 
 
 async def _completion_stream(job: _Job, req: CompletionRequest, rid: str, model: str, echo: list[str],
                              tokenizer):
     created = int(time.time())
-    results = [_new_result() for _ in echo]
-    for i, e in enumerate(echo):
-        if e:
-            yield _sse(completion_response(rid, model, [{"index": i, "text": e, "logprobs": None,
-                                                         "finish_reason": None}], None, created=created))
-    async for index, out in job.deltas():
-        r = results[index]
-        offset = len(echo[index]) + len(r["text"])
-        _add(r, out)
-        if out.error:
-            yield _sse(error_body(out.error, "server_error", code=500))
-            continue
-        if not out.new_text and not out.finished and not out.new_token_ids:
-            continue
-        choice = {"index": index, "text": out.new_text, "logprobs": None,
-                  "finish_reason": _finish_reason(out.finish_reason) if out.finished else None}
+
+    def chunk_of(choices, use=None):
+        return completion_response(rid, model, choices, use, created=created)
+
+    def choice_of(index, out, offset):
+        choice = {"index": index, "text": out.new_text, "logprobs": None, "finish_reason": _finish_of(out)}
         if req.logprobs is not None and out.new_token_ids and out.new_logprobs:
             choice["logprobs"] = completion_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.logprobs,
-                                                     offset)
-        last = out.finished and not job.pending
-        yield _sse(completion_response(rid, model, [choice], _usage(results, req.n) if last else None, created=created))
-    if req.stream_options and req.stream_options.include_usage:
-        yield _sse(completion_response(rid, model, [], _usage(results), created=created))
-    yield "data: [DONE]\n\n"
+                                                     len(echo[index]) + offset)
+        return choice
+
+    for i, e in enumerate(echo):
+        if e:
+            yield _sse(chunk_of([{"index": i, "text": e, "logprobs": None, "finish_reason": None}]))
+    include = bool(req.stream_options and req.stream_options.include_usage)
+    async for event in _stream_choices(job, [_new_result() for _ in echo], req.n, choice_of, chunk_of, include):
+        yield event
 
 
 # ---- validation messages ----------------------------------------------------------------------
