@@ -572,7 +572,7 @@ def _read_config(model_dir: str) -> dict:
 
 
 def _is_llava(model_dir: str) -> bool:
-    return _read_config(model_dir).get("model_type") in ("llava", "llava_next")
+    return _read_config(model_dir).get("model_type") in ("llava", "llava_next", "deepseek_vl")
 
 
 def _reference_dir(model_dir: str) -> str:

@@ -113,9 +113,13 @@ class LlavaFamily(ModelFamily):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = self.load_image_processor()
+        self.tokens_per_image = self.image_tokens()
+
+    def image_tokens(self) -> int:
+        """Placeholder tokens per image (per tile, for tiling families)."""
         v = self.hf_config.vision_config
         full = self.hf_config.vision_feature_select_strategy == "full"
-        self.tokens_per_image = (v.image_size // v.patch_size) ** 2 + (1 if full else 0)
+        return (v.image_size // v.patch_size) ** 2 + (1 if full else 0)
 
     def load_image_processor(self):
         from transformers import AutoImageProcessor

@@ -18,6 +18,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Qwen2VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
     "Qwen2_5_VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
     "LlavaNextForConditionalGeneration": ("seer.models.llava_next", "LlavaNextFamily"),
+    "DeepseekVLForConditionalGeneration": ("seer.models.deepseek_vl", "DeepseekVLFamily"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
     "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
 }
