@@ -117,3 +117,19 @@ def test_a_sequence_larger_than_the_pool_fails_alone():
     out = run_step(sched)
     assert out.failed == [big] and big.finish_reason == "error" and "KV cache" in big.error
     assert out.seqs == [small]
+
+
+def test_prefill_chunks_never_end_inside_a_bidirectional_image():
+    image = MMItem(offset=5, length=4, hash="img", bidirectional=True)
+    s = seq(range(20), [image])
+    chunk = Scheduler._chunk
+    assert chunk(s, 0, 7) == 5  # would end at 7, inside [5, 9): stop before the image
+    assert chunk(s, 0, 3) == 3  # ends before the image: as asked
+    assert chunk(s, 5, 2) == 4  # starts at the image: take all of it, past the budget
+    assert chunk(s, 6, 1) == 3  # starts inside it (a cached prefix): run to its end
+    assert chunk(s, 0, 0) == 0
+    plain = seq(range(20), [MMItem(offset=5, length=4, hash="img")])
+    assert chunk(plain, 0, 7) == 7  # causal images split anywhere
+    sched = Scheduler(BlockManager(num_blocks=64, block_size=4), max_batch_size=4, max_prefill_tokens=7)
+    sched.add(s)
+    assert [run_step(sched).num_new_tokens for _ in range(4)] == [[5], [7], [7], [1]]

@@ -30,6 +30,9 @@ class MMItem:
     hash: str  # content hash: the feature-cache key and part of the prefix-cache key
     data: Any = None  # pixel values or precomputed features; read by the runner only
     kind: str = "pixels"  # "pixels": run the vision encoder on data; "embeds": data are the features
+    # Its tokens attend to each other both ways (Gemma 3): a prefill chunk never ends inside it,
+    # and the prefill masks let its tokens see the whole run.
+    bidirectional: bool = False
 
     @property
     def end(self) -> int:

@@ -64,6 +64,8 @@ class ModelRunner:
         self.feature_misses = 0
         self.native_decode = (device.type == "cpu" and kv.dtype == torch.float32 and kernels.available())
         self.mrope = bool(getattr(model, "mrope", False))
+        # Models that mix full and sliding-window layers (Gemma 3) read ``meta.local`` in the latter.
+        self.local_window = getattr(model, "local_window", None)
 
     # ---- the step -------------------------------------------------------------------
     @torch.inference_mode()
@@ -85,7 +87,10 @@ class ModelRunner:
                 sampling.append(seq)
         dev = self.device
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        meta = self._metadata(seqs, counts, torch.tensor(slots, dtype=torch.long, device=dev))
+        slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
+        meta = self._metadata(seqs, counts, slot_mapping, self.sliding_window)
+        if self.local_window:
+            meta.local = self._metadata(seqs, counts, slot_mapping, self.local_window)
         embeds = self._embed(input_ids, seqs, counts)
         if self.mrope:
             pos = self._mrope_positions(seqs, counts).to(dev)
@@ -122,8 +127,9 @@ class ModelRunner:
             v.index_fill_(0, idx, 0)
 
     # ---- attention metadata ------------------------------------------------------------
-    def _metadata(self, seqs, counts, slot_mapping) -> AttentionMetadata:
-        bs, dev, win = self.block_size, self.device, self.sliding_window
+    def _metadata(self, seqs, counts, slot_mapping, win) -> AttentionMetadata:
+        """Attention metadata of a step for layers with sliding window ``win`` (None: full)."""
+        bs, dev = self.block_size, self.device
         meta = AttentionMetadata(slot_mapping=slot_mapping)
         dec = [s for s, n in zip(seqs, counts) if n == 1]
         need = 0
@@ -147,7 +153,8 @@ class ModelRunner:
                 continue
             start = seq.num_computed_tokens
             span = PrefillSpan(row, row + n)
-            if start > 0 or (win and n > win):
+            both_ways = [it for it in seq.mm_items if it.bidirectional and it.offset < start + n]
+            if start > 0 or (win and n > win) or both_ways:
                 qpos = torch.arange(start, start + n, device=dev)[:, None]
                 if start > 0:
                     nblk = -(-(start + n) // bs)
@@ -157,6 +164,12 @@ class ModelRunner:
                 else:
                     kpos = torch.arange(n, device=dev)[None, :]
                 mask = kpos <= qpos
+                if both_ways:  # OR(causal, same image), as transformers builds Gemma 3's masks
+                    image = torch.full((kpos.shape[1],), -1, dtype=torch.long, device=dev)
+                    for k, it in enumerate(both_ways):
+                        image[it.offset:it.end] = k
+                    qi, ki = image[start:start + n][:, None], image[None, :]
+                    mask |= (qi == ki) & (qi >= 0)
                 if win:
                     mask &= kpos > qpos - win
                 span.mask = mask[None, None]

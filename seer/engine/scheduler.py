@@ -4,7 +4,9 @@ One step, stated once:
 1. Running sequences, oldest first, each get what they still need: one token when
    decoding, the next chunk of their prompt when prefilling. Prompt chunks share a
    budget of ``max_prefill_token_num`` tokens per step (chunked prefill); single tokens
-   always fit. When the pool cannot give a sequence the block it needs, the youngest
+   always fit (a chunk never ends inside an image whose tokens attend both ways, Gemma 3's:
+   it stops before it, or takes the whole image). When the pool cannot give a sequence the
+   block it needs, the youngest
    running sequence is preempted: its blocks are freed and it goes back to the front of
    the waiting queue, to be recomputed later (the prefix cache usually keeps most of it).
 2. If nothing was preempted, waiting sequences are admitted in arrival order while the
@@ -77,7 +79,7 @@ class Scheduler:
             seq = self.running[i]
             n = seq.num_tokens - seq.num_computed_tokens
             if n > 1:
-                n = min(n, budget)
+                n = self._chunk(seq, seq.num_computed_tokens, budget)
                 if n == 0:
                     i += 1
                     continue
@@ -109,6 +111,20 @@ class Scheduler:
             self.blocks.commit(seq)
 
     # ---- internals -------------------------------------------------------------
+    @staticmethod
+    def _chunk(seq: Sequence, start: int, budget: int) -> int:
+        """How many tokens from ``start`` to prefill within ``budget``. A chunk never ends inside
+        a bidirectional image: it stops before the image, or (when it starts at or inside
+        one) runs to the image's end even past the budget."""
+        if budget <= 0:
+            return 0
+        end = min(seq.num_tokens, start + budget)
+        for item in seq.mm_items:
+            if item.bidirectional and item.offset < end < item.end:
+                end = item.offset if item.offset > start else item.end
+                break
+        return end - start
+
     def _put(self, out: SchedulerOutput, seq: Sequence, n: int) -> None:
         self.blocks.allocate(seq, seq.num_computed_tokens + n)
         out.seqs.append(seq)
@@ -146,7 +162,10 @@ class Scheduler:
     def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> bool:
         """Attach the cached prefix and allocate the first chunk of a waiting sequence."""
         cached = self.blocks.match_prefix(seq)
-        n = min(seq.num_tokens - cached, budget)
+        n = self._chunk(seq, cached, budget)
+        if n == 0:
+            self.blocks.free(seq)
+            return False
         reserve = self.watermark if self.running else 0
         if not self.blocks.can_allocate(seq, cached + n, reserve=reserve):
             self.blocks.free(seq)

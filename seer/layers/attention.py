@@ -45,6 +45,7 @@ class AttentionMetadata:
     decode_mask: Optional[torch.Tensor] = None  # [B, 1, 1, nblk * block_size]; None: use the native kernel
     prefills: list[PrefillSpan] = field(default_factory=list)
     workspace: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # two [N, block_size, Hkv, D] buffers
+    local: Optional["AttentionMetadata"] = None  # the same step for sliding-window layers (Gemma 3)
 
 
 def _gather(cache: torch.Tensor, blocks: torch.Tensor, work: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,11 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Qwen2VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
     "Qwen2_5_VLForConditionalGeneration": ("seer.models.qwen2_vl", "Qwen2VLFamily"),
     "LlavaNextForConditionalGeneration": ("seer.models.llava_next", "LlavaNextFamily"),
+    "Gemma3ForCausalLM": ("seer.models.gemma3", "Gemma3TextFamily"),
+    "Gemma3ForConditionalGeneration": ("seer.models.gemma3", "Gemma3Family"),
     "DeepseekVLForConditionalGeneration": ("seer.models.deepseek_vl", "DeepseekVLFamily"),
+    "Idefics3ForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
+    "SmolVLMForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
     "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
 }
