@@ -25,6 +25,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "SmolVLMForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
     "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
+    "InternVLForConditionalGeneration": ("seer.models.internvl", "InternVLFamily"),
+    "InternVLChatModel": ("seer.models.internvl", "InternVLChatFamily"),
 }
 
 
