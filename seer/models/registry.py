@@ -25,6 +25,7 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "SmolVLMForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
     "LlavaMistralForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
+    "Phi3VForCausalLM": ("seer.models.phi3v", "Phi3VFamily"),
     "InternVLForConditionalGeneration": ("seer.models.internvl", "InternVLFamily"),
     "InternVLChatModel": ("seer.models.internvl", "InternVLChatFamily"),
 }
