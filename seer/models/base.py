@@ -142,7 +142,8 @@ class ModelFamily:
         return AutoConfig.from_pretrained(self.path)
 
     def text_config(self):
-        return self.hf_config
+        """The decoder's config: a VLM config's ``text_config``, else the config itself."""
+        return getattr(self.hf_config, "text_config", None) or self.hf_config
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -153,7 +154,8 @@ class ModelFamily:
 
     @property
     def image_token_id(self) -> Optional[int]:
-        return None
+        """The placeholder token each image token of the prompt is written as (None: text only)."""
+        return getattr(self.hf_config, "image_token_id", None)
 
     # ---- shared ------------------------------------------------------------------------------
     def load_tokenizer(self):

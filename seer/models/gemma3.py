@@ -251,13 +251,6 @@ class Gemma3Family(ModelFamily):
             tok.convert_ids_to_tokens(self.hf_config.eoi_token_id)
         self.tokens_per_image = self.hf_config.mm_tokens_per_image
 
-    def text_config(self):
-        return self.hf_config.text_config
-
-    @property
-    def image_token_id(self) -> int:
-        return self.hf_config.image_token_id
-
     @property
     def image_placeholder(self) -> str:
         return self.boi

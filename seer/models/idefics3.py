@@ -236,13 +236,6 @@ class Idefics3Family(ModelFamily):
         v = self.hf_config.vision_config
         return int(((v.image_size // v.patch_size) ** 2) / (self.hf_config.scale_factor ** 2))
 
-    def text_config(self):
-        return self.hf_config.text_config
-
-    @property
-    def image_token_id(self) -> int:
-        return self.hf_config.image_token_id
-
     def build_model(self):
         return Idefics3ForConditionalGeneration(self.hf_config, self.session_len)
 

@@ -56,6 +56,7 @@ from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from .base import ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, read_config_json
 from .llama import LlamaForCausalLM, internlm2_to_llama_config
+from .vlm import VisionLanguageModel
 
 IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -161,7 +162,7 @@ _PROJECTOR = "model.multi_modal_projector."
 _LM = "model.language_model."
 
 
-class InternVLForConditionalGeneration(nn.Module):
+class InternVLForConditionalGeneration(VisionLanguageModel):
     """Takes tensors under transformers 5's in-model names (``model.vision_tower.*``,
     ``model.multi_modal_projector.*``, ``model.language_model.*``, ``lm_head.*``)."""
 
@@ -174,7 +175,6 @@ class InternVLForConditionalGeneration(nn.Module):
         self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
         self.language_model.spec.tie_word_embeddings = tie_word_embeddings
         self.multi_modal_projector = InternVLProjector(hf_config)
-        self.spec = self.language_model.spec
         self.ps_version = ps_version
         self.qk_norm_eps = qk_norm_eps
         layer = hf_config.vision_feature_layer
@@ -227,16 +227,6 @@ class InternVLForConditionalGeneration(nn.Module):
                     m.variance_epsilon = self.qk_norm_eps
         self.vision_tower = tower.to(device=ref.device, dtype=ref.dtype).eval()
         self._vision_state = {}
-
-    # ---- the runner's interface ------------------------------------------------------------
-    def embed(self, input_ids):
-        return self.language_model.embed(input_ids)
-
-    def forward(self, embeds, positions, kv_caches, meta):
-        return self.language_model(embeds, positions, kv_caches, meta)
-
-    def compute_logits(self, hidden):
-        return self.language_model.compute_logits(hidden)
 
     def encode_images(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """``images``: each image's tiles ``[tiles, 3, S, S]``; all tiles go through the tower in one
@@ -318,13 +308,6 @@ class InternVLFamily(ModelFamily):
 
     def num_tiles(self, width: int, height: int) -> int:
         return self.image_processor.get_number_of_image_patches(height, width, {"crop_to_patches": True})
-
-    def text_config(self):
-        return self.hf_config.text_config
-
-    @property
-    def image_token_id(self) -> int:
-        return self.hf_config.image_token_id
 
     @property
     def image_placeholder(self) -> str:

@@ -126,9 +126,6 @@ class LlavaFamily(ModelFamily):
 
         return AutoImageProcessor.from_pretrained(self.path)
 
-    def text_config(self):
-        return self.hf_config.text_config
-
     @property
     def image_token_id(self) -> int:
         c = self.hf_config

@@ -366,9 +366,6 @@ class Phi3VFamily(ModelFamily):
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"could not load the tokenizer from {self.path!r}: {e}") from e
 
-    def text_config(self):
-        return self.hf_config.text_config
-
     def build_model(self):
         return Phi3VForCausalLM(self.hf_config, self.session_len)
 

@@ -177,13 +177,6 @@ class Qwen2VLFamily(ModelFamily):
         self.default_pixels = {"image": tuple(e or d for e, d in zip(engine, image)),
                                "video": tuple(e or d for e, d in zip(engine, _video_bounds(self.path, image)))}
 
-    def text_config(self):
-        return self.hf_config.text_config
-
-    @property
-    def image_token_id(self) -> int:
-        return self.hf_config.image_token_id
-
     def build_model(self):
         return Qwen2VLForConditionalGeneration(self.hf_config, self.session_len)
 
