@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import tiny_idefics3 as ti
+import pipe_cache
 import tiny_models as tm
 from seer import LLM, EngineConfig, GenerationConfig, SamplingParams, VisionConfig, pipeline
 from seer.messages import to_conversation
@@ -35,22 +36,7 @@ def ckpts(tmp_path_factory):
     return out
 
 
-_pipes: dict = {}
-
-
-def _pipe(path, *args):
-    key = (path, repr(args))
-    if key not in _pipes:
-        _pipes[key] = pipeline(path, *args)
-    return _pipes[key]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_pipes():
-    yield
-    for p in _pipes.values():
-        p.close()
-    _pipes.clear()
+_pipe, _close_pipes = pipe_cache.module_cache()
 
 
 def _images(*which):

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 import tiny_internvl as iv
+import pipe_cache
 import tiny_models as tm
 from seer import EngineConfig, GenerationConfig, VisionConfig, pipeline
 from seer.messages import to_conversation
@@ -44,22 +45,7 @@ def ckpts(tmp_path_factory):
     return out
 
 
-_pipes: dict = {}
-
-
-def _pipe(path, **kw):
-    key = (path, repr(sorted(kw.items())))
-    if key not in _pipes:
-        _pipes[key] = pipeline(path, **kw)
-    return _pipes[key]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_pipes():
-    yield
-    for p in _pipes.values():
-        p.close()
-    _pipes.clear()
+_pipe, _close_pipes = pipe_cache.module_cache()
 
 
 def _images(n):

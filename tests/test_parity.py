@@ -7,6 +7,7 @@ that the checkpoint was packed from). 32 new tokens, eos ignored on both sides.
 
 import pytest
 
+import pipe_cache
 import tiny_models as tm
 from seer import GenerationConfig, pipeline
 
@@ -48,20 +49,10 @@ def test_internlm2_published_layout(tiny_internlm2):
 @pytest.mark.parametrize("n_images", [0, 1, 2])
 def test_llava(arch, n_images, request):
     path = request.getfixturevalue(arch)
-    pipe = _llava_pipes.get(path)
-    if pipe is None:
-        pipe = _llava_pipes[path] = pipeline(path)
-    _check(pipe, path, n_images)
+    _check(_pipe(path), path, n_images)
 
 
-_llava_pipes: dict = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_pipes():
-    yield
-    for p in _llava_pipes.values():
-        p.close()
+_pipe, _close_pipes = pipe_cache.module_cache()
 
 
 def test_mistral_sliding_window(tiny_mistral, tmp_path):

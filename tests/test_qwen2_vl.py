@@ -8,6 +8,7 @@ Greedy, 32 new tokens, eos ignored on both sides.
 import pytest
 import torch
 
+import pipe_cache
 import tiny_models as tm
 import tiny_qwen_vl as q
 from seer import EngineConfig, GenerationConfig, VisionConfig, pipeline
@@ -33,22 +34,7 @@ def ckpts(tmp_path_factory):
     return out
 
 
-_pipes: dict = {}
-
-
-def _pipe(path, **kw):
-    key = (path, repr(sorted(kw.items())))
-    if key not in _pipes:
-        _pipes[key] = pipeline(path, **kw)
-    return _pipes[key]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _close_pipes():
-    yield
-    for p in _pipes.values():
-        p.close()
-    _pipes.clear()
+_pipe, _close_pipes = pipe_cache.module_cache()
 
 
 def _images(n):

@@ -40,7 +40,6 @@ import os
 from typing import Optional
 
 import torch
-from torch import nn
 
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
