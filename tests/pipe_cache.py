@@ -26,3 +26,25 @@ def module_cache():
         pipes.clear()
 
     return get, close_all
+
+
+def check_batch_invariance(path, reqs, gen, baseline, preempt_blocks=None):
+    """``baseline`` (each request's tokens alone) comes out again for ``reqs`` batched with the
+    vision encoder taking up to 3 images a forward, with chunked prefill whose chunks cut through
+    images, from a warm prefix cache, and (``preempt_blocks``: a pool that small, of 4-token
+    blocks) through preemption and recompute."""
+    from seer import EngineConfig, VisionConfig
+
+    with pipeline(path, EngineConfig(enable_prefix_caching=False), VisionConfig(max_batch_size=3)) as pipe:
+        assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
+    with pipeline(path, EngineConfig(block_size=4, max_prefill_token_num=7)) as pipe:
+        assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
+        hits = pipe.engine.blocks.prefix_hits
+        again = pipe(reqs, gen_config=gen)
+        assert [r.token_ids for r in again] == baseline
+        assert pipe.engine.blocks.prefix_hits > hits
+        assert all(r.num_cached_tokens > 0 for r in again)
+    if preempt_blocks:
+        with pipeline(path, EngineConfig(num_gpu_blocks=preempt_blocks, block_size=4)) as pipe:
+            assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
+            assert pipe.engine.scheduler.num_preemptions > 0

@@ -220,20 +220,8 @@ def test_batch_equals_alone(ckpts, kind):
     reqs = _mixed_requests()
     with pipeline(path, EngineConfig(enable_prefix_caching=False)) as alone:
         baseline = [alone(r, gen_config=gen).token_ids for r in reqs]
-    with pipeline(path, EngineConfig(enable_prefix_caching=False), VisionConfig(max_batch_size=3)) as pipe:
-        assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
-    # Chunked prefill (chunks cut through images and videos) and a warm prefix cache change nothing.
-    with pipeline(path, EngineConfig(block_size=4, max_prefill_token_num=7)) as pipe:
-        assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
-        hits = pipe.engine.blocks.prefix_hits
-        again = pipe(reqs, gen_config=gen)
-        assert [r.token_ids for r in again] == baseline
-        assert pipe.engine.blocks.prefix_hits > hits
-        assert all(r.num_cached_tokens > 0 for r in again)
-    # A pool of 40 blocks of 4 tokens holds about two of these at once: preemption, recompute.
-    with pipeline(path, EngineConfig(num_gpu_blocks=40, block_size=4)) as pipe:
-        assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == baseline
-        assert pipe.engine.scheduler.num_preemptions > 0
+    # (chunks cut through videos too) A pool of 40 blocks of 4 tokens holds about two of these at once.
+    pipe_cache.check_batch_invariance(path, reqs, gen, baseline, preempt_blocks=40)
 
 
 def test_prefix_cache_repeat_and_resolution(ckpts):
