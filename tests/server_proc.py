@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Optional
 
 import httpx
 
@@ -30,11 +31,12 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{port}"
 
     @classmethod
-    def start(cls, model: str, *flags: str, timeout: float = 60.0) -> "ServerProcess":
+    def start(cls, model: Optional[str], *flags: str, timeout: float = 60.0) -> "ServerProcess":
         port = free_port()
         fd, log_path = tempfile.mkstemp(prefix="seer-serve-", suffix=".log")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        proc = subprocess.Popen([sys.executable, "-m", "seer", "serve", model, "--server-name", "127.0.0.1",
+        model_arg = [model] if model else []  # none: seer's demo model
+        proc = subprocess.Popen([sys.executable, "-m", "seer", "serve", *model_arg, "--server-name", "127.0.0.1",
                                  "--server-port", str(port), *flags],
                                 stdout=fd, stderr=subprocess.STDOUT, env=env)
         os.close(fd)

@@ -584,7 +584,12 @@ def run(args) -> int:
         model = resolve_model(args.model)
         family_for(read_config_json(model))  # fail fast on a wrong folder, before binding the port
         ecfg, vcfg, tcfg = engine_configs(args)
-        core = ServerCore(model, args.model_name, ecfg, vcfg, tcfg, args.api_keys,
+        name = args.model_name
+        if name is None and not args.model:
+            from ..assets import DEMO_MODEL_NAME
+
+            name = DEMO_MODEL_NAME
+        core = ServerCore(model, name, ecfg, vcfg, tcfg, args.api_keys,
                           _limits(args.limit_mm_per_prompt), args.allowed_local_media_path)
     except ValueError as e:
         print(f"seer serve: {e}", file=sys.stderr)

@@ -1,0 +1,124 @@
+"""The shipped demo model (``seer/assets/demo-vlm``): it loads through ``seer.pipeline`` like
+any LLaVA checkpoint, answers questions about held-out synthetic scenes correctly, and its
+greedy tokens equal transformers' ``generate`` on the same weights."""
+
+import os
+import random
+import sys
+
+import pytest
+
+import tiny_models as tm
+from seer import GenerationConfig, pipeline
+from seer.assets import DEMO_MODEL_PATH, default_model_path
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+import scenes  # noqa: E402
+
+# Held-out scenes (never trained on): 1, 2, 3 and 4 objects, with and without text.
+SEEDS = [scenes.EVAL_SEED_START + s for s in (0, 1, 2, 3, 5)]
+GEN = GenerationConfig(max_new_tokens=40)
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    with pipeline(default_model_path()) as pipe:
+        yield pipe
+
+
+def test_shipped_files():
+    names = set(os.listdir(DEMO_MODEL_PATH))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+            "preprocessor_config.json", "generation_config.json"} <= names
+    assert os.path.getsize(os.path.join(DEMO_MODEL_PATH, "model.safetensors")) < 25 * 2 ** 20
+
+
+def test_answers_on_fixed_scenes(demo_pipe):
+    prompts, expected = [], []
+    for seed in SEEDS:
+        scene = scenes.make_scene(seed)
+        rng = random.Random(seed)
+        for kind in ("shape", "colour", "count"):
+            q, a = scene.question(kind, rng)
+            prompts.append((q, scene.image))
+            expected.append(a)
+    got = [r.text.strip() for r in demo_pipe(prompts, gen_config=GEN)]
+    assert got == expected
+
+
+def test_caption_names_every_object(demo_pipe):
+    scene = scenes.make_scene(SEEDS[3])
+    r = demo_pipe(("Describe the image.", scene.image), gen_config=GEN)
+    assert r.finish_reason == "stop"
+    for o in scene.objects:
+        assert o.name in r.text
+
+
+@pytest.mark.parametrize("kind", ["caption", "colour"])
+def test_greedy_parity_with_transformers(demo_pipe, kind):
+    scene = scenes.make_scene(SEEDS[2])
+    question, _ = scene.question(kind, random.Random(1))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    ref_inputs = tm.hf_inputs(DEMO_MODEL_PATH, messages, [scene.image])
+    expected = tm.hf_greedy(DEMO_MODEL_PATH, ref_inputs, max_new_tokens=40)
+    r = demo_pipe((question, scene.image), gen_config=GEN)
+    assert r.input_token_len == ref_inputs["input_ids"].shape[1]
+    # transformers stopped on eos and returns it; seer leaves the stop token out (as LMDeploy)
+    assert expected[-1] == demo_pipe.tokenizer.eos_token_id
+    assert r.token_ids == expected[:-1]
+    assert r.finish_reason == "stop"
+
+
+# ---- `seer run`, `seer chat` and `seer serve` without a model: the demo model, and they say so ----
+
+def _scene_file(tmp_path, seed=SEEDS[1]):
+    scene = scenes.make_scene(seed)
+    path = tmp_path / "scene.png"
+    scene.image.save(path)
+    question, answer = scene.question("colour", random.Random(seed))
+    return str(path), question, answer
+
+
+def test_seer_run_defaults_to_the_demo_model(tmp_path):
+    import subprocess
+
+    path, question, answer = _scene_file(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "seer", "run", question, "--image", path],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "using seer's demo model" in out.stderr and DEMO_MODEL_PATH in out.stderr
+    assert out.stdout == answer + "\n"
+
+
+def test_seer_chat_defaults_to_the_demo_model(tmp_path):
+    import subprocess
+
+    path, question, answer = _scene_file(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "seer", "chat"], input=f"/image {path}\n{question}\n/exit\n",
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "using seer's demo model" in out.stderr
+    assert answer + "\n" in out.stdout
+
+
+def test_seer_serve_defaults_to_the_demo_model(tmp_path):
+    import base64
+
+    import httpx
+    from server_proc import ServerProcess
+
+    path, question, answer = _scene_file(tmp_path)
+    with open(path, "rb") as f:
+        url = "data:image/png;base64," + base64.b64encode(f.read()).decode()
+    server = ServerProcess.start(None)
+    try:
+        assert "using seer's demo model" in server.log()
+        models = httpx.get(server.url + "/v1/models", timeout=10).json()
+        assert [m["id"] for m in models["data"]] == ["seer-demo-vlm"]
+        body = {"model": "seer-demo-vlm", "temperature": 0, "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question}]}]}
+        r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["choices"][0]["message"]["content"] == answer
+    finally:
+        assert server.stop() == 0
