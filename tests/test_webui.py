@@ -366,7 +366,7 @@ def test_pipeline_backend_close_aborts_and_errors(pipe):
                                                             {"type": "text", "text": Q1}]}], Sampling()))
 
 
-def test_command_line(monkeypatch):
+def test_command_line(monkeypatch, tmp_path):
     """``seer serve gradio`` wiring: defaults (127.0.0.1:6006), the backend each form builds."""
     import argparse
 
@@ -381,7 +381,10 @@ def test_command_line(monkeypatch):
     assert app.run(args) == 0
     demo, name, port = launched[0]
     assert (name, port) == ("127.0.0.1", 6006)
-    assert app.run(ap.parse_args([])) == 2  # neither a model nor --api-url
+    assert app.run(ap.parse_args([])) == 0  # neither a model nor --api-url: the bundled demo model
+    assert len(launched) == 2
+    assert app.run(ap.parse_args([str(tmp_path / "no-such-model")])) == 2
+    assert len(launched) == 2
     assert app.run(ap.parse_args(["--api-url", "http://x", "--max-new-tokens", "0"])) == 2
 
 
