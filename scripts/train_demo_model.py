@@ -305,16 +305,18 @@ TEXT_CLASSES = scenes.WORDS + scenes.DIGITS
 COLOUR_NAMES = tuple(scenes.COLOURS)
 # aux targets per patch: colour (bg + colours), shape (bg + shapes + text), text (none + words/digits),
 # centre (is an object's centre in this patch), and the patch's own column and row (so that the
-# features keep where they are: "left or right?" is read off them)
-AUX_NAMES = ("colour", "shape", "text", "centre", "column", "row")
+# features keep where they are), and which side of the picture the patch's object is on (none, left,
+# right; none, top, bottom), so that "left or right?" is read off the object's own patches
+AUX_NAMES = ("colour", "shape", "text", "centre", "column", "row", "side_x", "side_y")
+SIDES = {None: 0, "left": 1, "right": 2, "top": 1, "bottom": 2}
 
 
 def aux_sizes(grid: int) -> tuple[int, ...]:
-    return (1 + len(COLOUR_NAMES), 2 + len(scenes.SHAPES), 1 + len(TEXT_CLASSES), 2, grid, grid)
+    return (1 + len(COLOUR_NAMES), 2 + len(scenes.SHAPES), 1 + len(TEXT_CLASSES), 2, grid, grid, 3, 3)
 
 
 def patch_targets(scene, grid: int) -> np.ndarray:
-    """[6, grid*grid] int64 targets for the auxiliary per-patch heads (-100: ignored)."""
+    """[8, grid*grid] int64 targets for the auxiliary per-patch heads (-100: ignored)."""
     m = np.asarray(scene.mask).astype(np.int64)
     m[m == 255] = 5
     p = scene.size // grid
@@ -327,7 +329,11 @@ def patch_targets(scene, grid: int) -> np.ndarray:
     shape = np.zeros(grid * grid, np.int64)
     text = np.zeros(grid * grid, np.int64)
     centre = np.zeros(grid * grid, np.int64)
+    side_x = np.full(grid * grid, -100, np.int64)
+    side_y = np.full(grid * grid, -100, np.int64)
     for i, o in enumerate(scene.objects):
+        side_x[label == i + 1] = SIDES[scene.side_x(o)]
+        side_y[label == i + 1] = SIDES[scene.side_y(o)]
         colour[label == i + 1] = 1 + COLOUR_NAMES.index(o.colour)
         shape[label == i + 1] = 1 + scenes.SHAPES.index(o.shape)
         gx = min(grid - 1, int(o.cx / p))
@@ -340,7 +346,7 @@ def patch_targets(scene, grid: int) -> np.ndarray:
         text[is_text] = 1 + TEXT_CLASSES.index(scene.text)
     column = np.tile(np.arange(grid), grid)
     row = np.repeat(np.arange(grid), grid)
-    return np.stack([colour, shape, text, centre, column, row])
+    return np.stack([colour, shape, text, centre, column, row, side_x, side_y])
 
 
 def forward_hidden(model, batch):
@@ -361,7 +367,7 @@ def forward_hidden(model, batch):
 
 
 # text patches are rare: their loss counts more; shapes are what colour questions look objects up by
-AUX_WEIGHTS = (1.0, 2.0, 3.0, 1.0, 0.5, 0.5)
+AUX_WEIGHTS = (1.0, 2.0, 3.0, 1.0, 0.5, 0.5, 1.0, 1.0)
 
 
 def aux_split(aux_head, feats) -> tuple[torch.Tensor, ...]:

@@ -37,6 +37,9 @@ _INTERNVL2_5_SYSTEM = ("你是书生·万象，英文名是InternVL，是由上�
                        "联合开发的多模态大语言模型。")
 _LLAVA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The "
                  "assistant gives helpful, detailed, and polite answers to the human's questions.")
+_DEEPSEEK_VL_SYSTEM = ("You are a helpful language and vision assistant. You are able to understand the visual "
+                       "content that the user provides, and assist the user with a variety of tasks using natural "
+                       "language.")
 _VICUNA_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. The "
                   "assistant gives helpful, detailed, and polite answers to the user's questions.")
 
@@ -144,6 +147,10 @@ def _builtins() -> dict:
                      stop_words=["<|eot_id|>", "<|end_of_text|>"]),
         ChatTemplate(name="mistral", system_suffix="\n\n", user="[INST] ", eoh=" [/INST]", assistant=" ",
                      eoa="</s>", stop_words=["</s>"], system_in_first_user=True, trim_reply_space=True),
+        # DeepSeek-VL's "deepseek" conversation format: "User: q\n\nAssistant: a<eos>User: ..."
+        ChatTemplate(name="deepseek-vl", system=_DEEPSEEK_VL_SYSTEM, system_suffix="\n\n", user="User: ",
+                     eoh="\n\n", assistant="Assistant: ", eoa="<｜end▁of▁sentence｜>",
+                     stop_words=["<｜end▁of▁sentence｜>"], image_sep="", trim_reply_space=True),
         ChatTemplate(name="base"),
     ]
     return {t.name: t for t in templates}
@@ -260,6 +267,8 @@ def match_builtin(hf_config, model_path: str) -> str:
     everything = " ".join((f["type"], f["text_type"], f["archs"], f["name"]))
     if "internvl" in everything:
         return "internvl2_5"
+    if f["type"] in ("multi_modality", "deepseek_vl", "deepseek_vl_hybrid"):
+        return "deepseek-vl"
     if "llava" in everything:
         if f["text_type"].startswith("qwen"):
             return "qwen"

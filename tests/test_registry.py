@@ -7,7 +7,7 @@ import re
 from seer.models.registry import ARCHITECTURES
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-_ARCH = re.compile(r"`([A-Z][A-Za-z0-9_]*(?:ForCausalLM|ForConditionalGeneration|ChatModel))`")
+_ARCH = re.compile(r"`([A-Z][A-Za-z0-9_]*(?:ForCausalLM|ForConditionalGeneration|ChatModel|CausalLM))`")
 
 
 def _readme_architectures() -> set[str]:

@@ -572,7 +572,7 @@ def _read_config(model_dir: str) -> dict:
 
 
 def _is_llava(model_dir: str) -> bool:
-    return _read_config(model_dir).get("model_type") in ("llava", "llava_next", "deepseek_vl", "gemma3")
+    return _read_config(model_dir).get("model_type") in ("llava", "llava_next", "deepseek_vl", "deepseek_vl_hybrid", "gemma3")
 
 
 def _reference_dir(model_dir: str) -> str:
@@ -631,7 +631,7 @@ def hf_inputs(model_dir: str, messages: list[dict], images: Optional[Sequence[An
         if images:
             raise ValueError(f"{model_dir} is a text-only model; got {len(images)} image(s)")
         out = load_tokenizer(model_dir)(text, add_special_tokens=False, return_tensors="pt")
-    keep = ("input_ids", "attention_mask", "pixel_values", "image_sizes")
+    keep = ("input_ids", "attention_mask", "pixel_values", "image_sizes", "high_res_pixel_values")
     if _read_config(model_dir).get("model_type") == "gemma3":
         keep += ("token_type_ids",)  # marks image tokens: Gemma 3 attends within an image both ways
     return {k: v for k, v in dict(out).items() if k in keep}

@@ -82,19 +82,24 @@ def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         raise ValueError(f"could not read weights file {path}: {e}") from e
 
 
-def checkpoint_names(path: str) -> list[str]:
-    """The tensor names of a checkpoint folder, from the safetensors headers (no data read)."""
-    names = []
+def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape for a checkpoint folder, from the safetensors headers (no data read)."""
+    shapes: dict[str, tuple[int, ...]] = {}
     for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
         try:
             with open(file, "rb") as f:
                 header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
         except (OSError, ValueError) as e:
             raise ValueError(f"could not read weights file {file}: {e}") from e
-        names += [n for n in header if n != "__metadata__"]
-    if not names:
-        names = [n for n, _ in checkpoint_tensors(path)]
-    return names
+        shapes.update((n, tuple(info["shape"])) for n, info in header.items() if n != "__metadata__")
+    if not shapes:
+        shapes = {n: tuple(t.shape) for n, t in checkpoint_tensors(path)}
+    return shapes
+
+
+def checkpoint_names(path: str) -> list[str]:
+    """The tensor names of a checkpoint folder, from the safetensors headers (no data read)."""
+    return list(checkpoint_shapes(path))
 
 
 def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:

@@ -21,6 +21,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Gemma3ForCausalLM": ("seer.models.gemma3", "Gemma3TextFamily"),
     "Gemma3ForConditionalGeneration": ("seer.models.gemma3", "Gemma3Family"),
     "DeepseekVLForConditionalGeneration": ("seer.models.deepseek_vl", "DeepseekVLFamily"),
+    "DeepseekVLHybridForConditionalGeneration": ("seer.models.deepseek_vl", "DeepseekVLFamily"),
+    "MultiModalityCausalLM": ("seer.models.deepseek_vl_original", "DeepseekVLOriginalFamily"),
     "Idefics3ForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
     "SmolVLMForConditionalGeneration": ("seer.models.idefics3", "Idefics3Family"),
     "LlavaLlamaForCausalLM": ("seer.models.llava_original", "LlavaOriginalFamily"),
