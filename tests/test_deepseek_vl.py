@@ -16,7 +16,6 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import pipe_cache
 import tiny_deepseek_vl as tdv
@@ -118,11 +117,7 @@ def test_parity_original_layout_with_transformers_on_the_conversion(ckpts, kind,
 
 @pytest.mark.parametrize("kind", ["orig", "orig_hybrid"])
 def test_conversion_gives_back_the_exact_tensors(ckpts, kind):
-    source = load_file(tdv.source_path(ckpts[kind]))
-    converted = load_file(os.path.join(ckpts[kind + "_converted"], "model.safetensors"))
-    assert set(converted) == set(source)
-    for name, w in source.items():
-        assert torch.equal(converted[name], w), name
+    tm.assert_converted_tensors_equal(tdv.source_path(ckpts[kind]), ckpts[kind + "_converted"])
 
 
 def test_original_image_processing(ckpts):

@@ -97,11 +97,7 @@ def test_parity_original_layout_with_transformers_on_the_conversion(ckpts, lm, n
 
 @pytest.mark.parametrize("lm", list(iv.ORIGINAL_KINDS))
 def test_conversion_gives_back_the_exact_tensors(ckpts, lm):
-    source = load_file(iv.source_path(ckpts[lm]))
-    converted = load_file(os.path.join(ckpts[lm + "_converted"], "model.safetensors"))
-    assert set(converted) == set(source)
-    for name, w in source.items():
-        assert torch.equal(converted[name], w), name
+    tm.assert_converted_tensors_equal(iv.source_path(ckpts[lm]), ckpts[lm + "_converted"])
 
 
 def test_tied_embeddings(tmp_path):

@@ -22,13 +22,18 @@ def build_deepseek_vl(path: str, seed: int = 0) -> str:
     torch.manual_seed(seed + 17)
     model = DeepseekVLForConditionalGeneration(cfg).eval()
     tm._randomize(model, seed + 17, unscaled=("aligner.linear2",))
+    image_proc = DeepseekVLImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+                                             min_size=8, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    return _save(path, model, tok, image_proc, DeepseekVLProcessor, TOKENS_PER_IMAGE)
+
+
+def _save(path: str, model, tok, image_proc, processor_cls, tokens: int) -> str:
+    """A transformers-layout folder: weights, generation config, processor, tokenizer."""
     model.generation_config = tm._generation_config(tok)
     os.makedirs(path, exist_ok=True)
     model.save_pretrained(path, safe_serialization=True)
-    image_proc = DeepseekVLImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                             min_size=8, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    proc = DeepseekVLProcessor(image_processor=image_proc, tokenizer=tok, chat_template=tok.chat_template,
-                               num_image_tokens=TOKENS_PER_IMAGE)
+    proc = processor_cls(image_processor=image_proc, tokenizer=tok, chat_template=tok.chat_template,
+                         num_image_tokens=tokens)
     proc.save_pretrained(path)
     image_proc.save_pretrained(path)
     tok.save_pretrained(path)
@@ -57,37 +62,14 @@ def hybrid_configs(low: int = HYBRID_LOW):
 
 
 def build_deepseek_vl_hybrid(path: str, seed: int = 0) -> str:
-    from transformers import (DeepseekVLHybridConfig, DeepseekVLHybridForConditionalGeneration,
-                              DeepseekVLHybridImageProcessorPil, DeepseekVLHybridProcessor)
+    from transformers import DeepseekVLHybridImageProcessorPil, DeepseekVLHybridProcessor
 
     tok = tm._make_tokenizer("llava")
-    vision, sam = hybrid_configs()
-    cfg = DeepseekVLHybridConfig(vision_config=vision.to_dict(), high_res_vision_config=sam.to_dict(),
-                                 text_config=tm._text_config("llama", tok).to_dict(),
-                                 image_token_id=tok.image_token_id, tie_word_embeddings=False)
-    torch.manual_seed(seed + 23)
-    model = DeepseekVLHybridForConditionalGeneration(cfg).eval()
-    tm._randomize(model, seed + 23)
-    with torch.no_grad():
-        model.model.high_res_vision_alpha.fill_(0.7)  # published init is 0: the global branch would not count
-        # SAM's features come out ~100x larger than SigLIP's: scale them and the aligner's biases
-        # down so that 576 image tokens do not drown the tiny decoder in one constant vector
-        aligner = model.model.aligner
-        aligner.high_res_vision_proj.weight.mul_(0.02)
-        for layer in (aligner.high_res_vision_proj, aligner.vision_proj, aligner.proj):
-            layer.bias.mul_(0.05)
-    model.generation_config = tm._generation_config(tok)
-    os.makedirs(path, exist_ok=True)
-    model.save_pretrained(path, safe_serialization=True)
+    model = new_model(True, tok, seed + 23, low=HYBRID_LOW, image_token_id=tok.image_token_id)
     image_proc = DeepseekVLHybridImageProcessorPil(
         size={"height": HYBRID_LOW, "width": HYBRID_LOW}, high_res_size={"height": HYBRID_HIGH, "width": HYBRID_HIGH},
         min_size=8, image_mean=[0.5] * 3, image_std=[0.5] * 3)
-    proc = DeepseekVLHybridProcessor(image_processor=image_proc, tokenizer=tok, chat_template=tok.chat_template,
-                                     num_image_tokens=HYBRID_TOKENS)
-    proc.save_pretrained(path)
-    image_proc.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return _save(path, model, tok, image_proc, DeepseekVLHybridProcessor, HYBRID_TOKENS)
 
 
 def noise_image(seed: int, size: tuple[int, int]):
@@ -211,22 +193,23 @@ def to_original_state_dict(sd: dict, hybrid: bool) -> dict:
     return {k: v.contiguous() for k, v in out.items()}
 
 
-def _new_original_source(hybrid: bool, tok, seed: int):
-    """A random transformers-layout model in the shape an original checkpoint maps onto."""
+def new_model(hybrid: bool, tok, seed: int, low: int = ORIG_HYBRID_LOW, image_token_id: int = 0):
+    """A random transformers-layout DeepSeek-VL: the hybrid, or the 1.3B in the shape the original
+    layout's tiny checkpoint has."""
     from transformers import (DeepseekVLConfig, DeepseekVLForConditionalGeneration, DeepseekVLHybridConfig,
                               DeepseekVLHybridForConditionalGeneration, SiglipVisionConfig)
 
     text = tm._text_config("llama", tok).to_dict()
     if hybrid:
-        vision, sam = hybrid_configs(ORIG_HYBRID_LOW)
+        vision, sam = hybrid_configs(low)
         cfg = DeepseekVLHybridConfig(vision_config=vision.to_dict(), high_res_vision_config=sam.to_dict(),
-                                     text_config=text, image_token_id=0, tie_word_embeddings=False)
+                                     text_config=text, image_token_id=image_token_id, tie_word_embeddings=False)
         cls = DeepseekVLHybridForConditionalGeneration
     else:
         vision = SiglipVisionConfig(image_size=ORIG_IMAGE_SIZE, patch_size=16, hidden_size=32, num_hidden_layers=2,
                                     num_attention_heads=SIGLIP_HEADS, intermediate_size=128, hidden_act="gelu",
                                     vision_use_head=False)
-        cfg = DeepseekVLConfig(vision_config=vision.to_dict(), text_config=text, image_token_id=0,
+        cfg = DeepseekVLConfig(vision_config=vision.to_dict(), text_config=text, image_token_id=image_token_id,
                                tie_word_embeddings=False)
         cls = DeepseekVLForConditionalGeneration
     torch.manual_seed(seed)
@@ -234,7 +217,9 @@ def _new_original_source(hybrid: bool, tok, seed: int):
     tm._randomize(model, seed, unscaled=() if hybrid else ("aligner.linear2",))
     if hybrid:
         with torch.no_grad():
-            model.model.high_res_vision_alpha.fill_(0.7)
+            model.model.high_res_vision_alpha.fill_(0.7)  # published init is 0: the global branch would not count
+            # SAM's features come out ~100x larger than SigLIP's: scale them and the aligner's biases
+            # down so that the image tokens do not drown the tiny decoder in one constant vector
             aligner = model.model.aligner
             aligner.high_res_vision_proj.weight.mul_(0.02)
             for layer in (aligner.high_res_vision_proj, aligner.vision_proj, aligner.proj):
@@ -247,7 +232,7 @@ def build_original(path: str, hybrid: bool = False, seed: int = 0) -> str:
     from safetensors.torch import save_file
 
     tok = original_tokenizer()
-    model = _new_original_source(hybrid, tok, 31 + seed + (7 if hybrid else 0))
+    model = new_model(hybrid, tok, 31 + seed + (7 if hybrid else 0))
     sd = model.state_dict()
     os.makedirs(path, exist_ok=True)
     save_file({k: v.contiguous() for k, v in sd.items() if ".head." not in k}, source_path(path),

@@ -708,3 +708,14 @@ __all__ = [
     "load_processor", "pack_wqkv", "unpack_wqkv", "internlm2_ref_path",
     "IMAGE_TOKEN", "IMAGE_TOKENS_PER_IMAGE", "TEXT_ARCHS", "WEIGHT_SCALE",
 ]
+
+
+def assert_converted_tensors_equal(source_file: str, converted_dir: str) -> None:
+    """A conversion wrote exactly the tensors (names and values) an original checkpoint came from."""
+    from safetensors.torch import load_file
+
+    source = load_file(source_file)
+    converted = load_file(os.path.join(converted_dir, "model.safetensors"))
+    assert set(converted) == set(source)
+    for name, w in source.items():
+        assert torch.equal(converted[name], w), name
