@@ -91,21 +91,10 @@ def _subcommand(name: str, argv: list[str]) -> int:
     mod = importlib.import_module(module_name)
     ap = argparse.ArgumentParser(prog=f"seer {name}", description=help_text)
     mod.add_arguments(ap)
-    return mod.run(ap.parse_args(argv))
+    return mod.run(ap.parse_intermixed_args(argv))  # the model may come after the options
 
 
-def main(argv=None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["chat"]:
-        return _subcommand("chat", argv[1:])
-    if argv[:1] == ["serve"]:  # `seer serve MODEL` is `seer serve api_server MODEL`, as in lmdeploy
-        mode = argv[1] if len(argv) > 1 and argv[1] in ("api_server", "gradio") else None
-        return _subcommand(f"serve {mode or 'api_server'}", argv[2:] if mode else argv[1:])
-    ap = argparse.ArgumentParser(prog="seer", description="Inference engine for VLMs and LLMs")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("check-env", help="print versions, devices and CPU features").set_defaults(fn=_check_env)
-    r = sub.add_parser("run", help="answer one prompt and print it")
+def _add_run_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("model", help="a local model folder (default: seer's demo model)")
     r.add_argument("prompt", nargs="?", default=None)
     r.add_argument("--image", action="append", default=[], help="a path, URL or data: URI (repeatable)")
@@ -114,7 +103,24 @@ def main(argv=None) -> int:
     r.add_argument("--top-p", type=float, default=1.0)
     r.add_argument("--seed", type=int, default=None)
     add_engine_arguments(r)
-    r.set_defaults(fn=_run)
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chat"]:
+        return _subcommand("chat", argv[1:])
+    if argv[:1] == ["run"]:  # `seer run MODEL --image X "prompt"`: positionals around the options
+        r = argparse.ArgumentParser(prog="seer run", description="answer one prompt and print it")
+        _add_run_arguments(r)
+        return _run(r.parse_intermixed_args(argv[1:]))
+    if argv[:1] == ["serve"]:  # `seer serve MODEL` is `seer serve api_server MODEL`, as in lmdeploy
+        mode = argv[1] if len(argv) > 1 and argv[1] in ("api_server", "gradio") else None
+        return _subcommand(f"serve {mode or 'api_server'}", argv[2:] if mode else argv[1:])
+    ap = argparse.ArgumentParser(prog="seer", description="Inference engine for VLMs and LLMs")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("check-env", help="print versions, devices and CPU features").set_defaults(fn=_check_env)
+    sub.add_parser("run", help="answer one prompt and print it", add_help=False)
     for name, (_, help_text) in _MODULES.items():
         if " " not in name:
             sub.add_parser(name, help=help_text, add_help=False)

@@ -28,6 +28,10 @@ def test_run_with_an_image_prints_the_greedy_answer(tiny_llava, tmp_path):
         want = pipe(("describe this", img), gen_config=GenerationConfig(max_new_tokens=12)).text
     assert out.stdout == want + "\n"
     assert "loaded" in out.stderr
+    # the options between the model and the prompt, as `seer run MODEL --image X "prompt"`
+    out = _seer("run", tiny_llava, "--image", str(path), "--max-new-tokens", "12", "describe this")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == want + "\n"
 
 
 def test_run_reports_bad_input():
