@@ -141,6 +141,33 @@ def test_truncated_weights_file(tiny_llama, tmp_path):
         pipeline(folder)
 
 
+def test_sharded_checkpoint_missing_a_shard_names_it(tiny_llama, tmp_path):
+    """A sharded checkpoint (``model.safetensors.index.json``) split in two, one shard removed."""
+    from safetensors.torch import load_file, save_file
+
+    folder = _copy_model(tiny_llama, tmp_path / "sharded", keep=lambda n: not n.endswith(".safetensors"))
+    tensors = load_file(os.path.join(tiny_llama, "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, part in shards.items():
+        save_file({n: tensors[n] for n in part}, os.path.join(folder, file))
+    with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": {n: file for file, part in shards.items() for n in part}}, f)
+    with pipeline(folder) as pipe:  # whole: loads, and answers as the unsharded folder does
+        sharded = pipe("hello", gen_config=GEN).token_ids
+    with pipeline(tiny_llama) as pipe:
+        assert pipe("hello", gen_config=GEN).token_ids == sharded
+    os.remove(os.path.join(folder, "model-00002-of-00002.safetensors"))
+    with pytest.raises(ValueError, match="model-00002-of-00002.safetensors"):
+        pipeline(folder)
+
+
+def test_vlm_without_preprocessor_config_names_the_file(tiny_llava, tmp_path):
+    folder = _copy_model(tiny_llava, tmp_path / "noproc", keep=lambda n: n != "preprocessor_config.json")
+    with pytest.raises(ValueError, match="preprocessor_config.json"):
+        pipeline(folder)
+
+
 def test_unknown_chat_template_name_lists_the_known_ones(tiny_llama):
     with pytest.raises(ValueError) as e:
         pipeline(tiny_llama, chat_template_config=ChatTemplateConfig(model_name="no-such-template"))

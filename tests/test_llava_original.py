@@ -1,4 +1,5 @@
-"""LLaVA-1.5 / 1.6 in the original LLaVA repo's layout (``LlavaLlamaForCausalLM``).
+"""LLaVA-1.5 / 1.6 in the original LLaVA repo's layout (``LlavaLlamaForCausalLM``, and
+``LlavaMistralForCausalLM`` over the tiny Mistral).
 
 The tiny original-layout checkpoints are written here from the transformers-layout tiny models,
 with the published names (``model.layers.*``, ``model.mm_projector.{0,2}``, ``model.image_newline``,
@@ -37,7 +38,11 @@ def write_original_layout(hf_dir: str, dst: str, hub_cache: str) -> str:
     cfg = AutoConfig.from_pretrained(hf_dir)
     text = cfg.text_config
     raw = {k: getattr(text, k) for k in _TEXT_KEYS}
-    raw.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama", rope_theta=tm._rope_theta(text),
+    mistral = text.model_type == "mistral"
+    if mistral:  # as liuhaotian/llava-v1.6-mistral-7b ships
+        raw["sliding_window"] = text.sliding_window
+    raw.update(architectures=["LlavaMistralForCausalLM" if mistral else "LlavaLlamaForCausalLM"],
+               model_type="llava_mistral" if mistral else "llava_llama", rope_theta=tm._rope_theta(text),
                mm_vision_tower=TOWER_ID, mm_projector_type="mlp2x_gelu", mm_vision_select_layer=-2,
                mm_vision_select_feature="patch", mm_hidden_size=cfg.vision_config.hidden_size,
                mm_use_im_start_end=False, mm_use_im_patch_token=False, image_aspect_ratio="pad",
@@ -107,9 +112,10 @@ def hub(tmp_path_factory):
         os.environ["HF_HUB_CACHE"] = old
 
 
-@pytest.fixture(scope="module", params=["1.5", "1.6"])
+@pytest.fixture(scope="module", params=["1.5", "1.5-mistral", "1.6"])
 def original(request, hub, tmp_path_factory):
-    hf_dir = request.getfixturevalue("tiny_llava" if request.param == "1.5" else "tiny_llava_next")
+    hf_dir = request.getfixturevalue({"1.5": "tiny_llava", "1.5-mistral": "tiny_llava_mistral",
+                                      "1.6": "tiny_llava_next"}[request.param])
     root = tmp_path_factory.mktemp("orig")
     dst = write_original_layout(hf_dir, str(root / f"llava-v{request.param}"), hub)
     converted = convert_to_transformers(dst, str(root / f"llava-v{request.param}-hf"))
@@ -131,7 +137,7 @@ def test_greedy_parity_with_transformers_on_the_converted_checkpoint(original, n
     version, hf_dir, _, converted, pipe = original
     # 1.5 pads images to a square before the CLIP processor (the original rule; transformers'
     # processor does not), so square images make the two preprocessings agree.
-    sizes = [(48, 48), (60, 60)] if version == "1.5" else [(120, 50), (40, 100)]
+    sizes = [(48, 48), (60, 60)] if version.startswith("1.5") else [(120, 50), (40, 100)]
     images = [tm.make_image(40 + i, size=sizes[i]) for i in range(n_images)]
     messages = [{"role": "user", "content": [{"type": "image"} for _ in images] + [{"type": "text", "text": TEXT}]}]
     ref = tm.hf_inputs(hf_dir, messages, images)  # the processor the tiny model was built with
@@ -143,7 +149,7 @@ def test_greedy_parity_with_transformers_on_the_converted_checkpoint(original, n
 
 def test_pad_preprocessing_pads_to_a_square_with_the_mean_colour(original):
     version, _, _, _, pipe = original
-    if version != "1.5":
+    if not version.startswith("1.5"):
         pytest.skip("anyres (1.6) tiles the image instead")
     img = tm.make_image(7, size=(90, 40))
     proc = pipe.family.image_processor
@@ -151,6 +157,16 @@ def test_pad_preprocessing_pads_to_a_square_with_the_mean_colour(original):
     assert square.size == (90, 90) and square.getpixel((0, 0)) == tuple(int(x * 255) for x in proc.image_mean)
     _, pixels = pipe.family.image_inputs(img)
     assert torch.equal(pixels, proc(images=[square], return_tensors="pt")["pixel_values"][0])
+
+
+def test_a_batch_equals_each_alone(original):
+    """Text only, one and two images of different sizes, batched: each gets its tokens alone."""
+    _, _, _, _, pipe = original
+    images = [tm.make_image(50 + i, size=size) for i, size in enumerate([(48, 48), (90, 40), (40, 70)])]
+    reqs = [TEXT, (TEXT, images[0]), ("compare these", images[1:]), ("and this", images[2])]
+    gen = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+    alone = [pipe(r, gen_config=gen).token_ids for r in reqs]
+    assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == alone
 
 
 def test_a_missing_vision_tower_names_what_to_do(tiny_llava, tmp_path, monkeypatch):

@@ -82,10 +82,42 @@ def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         raise ValueError(f"could not read weights file {path}: {e}") from e
 
 
+def load_image_processor(path: str, cls=None):
+    """The image processor of a model folder (``cls``, else whichever its config names); a missing
+    or unreadable ``preprocessor_config.json`` is a ``ValueError`` that names the file."""
+    file = os.path.join(path, "preprocessor_config.json")
+    if not os.path.isfile(file):
+        raise ValueError(f"model folder {path!r} has no preprocessor_config.json, which says how its images "
+                         f"are preprocessed; copy it from the checkpoint you downloaded")
+    if cls is None:
+        from transformers import AutoImageProcessor as cls
+    try:
+        return cls.from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported as such
+        raise ValueError(f"could not load the image processor from {file}: {e}") from e
+
+
+def safetensors_files(path: str) -> list[str]:
+    """The folder's .safetensors files; with a ``*.safetensors.index.json`` (a sharded checkpoint),
+    a shard that it names and the folder lacks is a ``ValueError`` naming that shard."""
+    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    for index in sorted(glob.glob(os.path.join(path, "*.safetensors.index.json"))):
+        try:
+            with open(index) as f:
+                shards = set(json.load(f)["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"could not read {index}: {e}; it must map tensor names to shard files") from e
+        missing = sorted(s for s in shards if not os.path.isfile(os.path.join(path, s)))
+        if missing:
+            raise ValueError(f"model folder {path!r} lacks weight file(s) {missing} that {os.path.basename(index)} "
+                             f"names; download every shard of the checkpoint")
+    return files
+
+
 def checkpoint_shapes(path: str) -> dict[str, tuple[int, ...]]:
     """Tensor name -> shape for a checkpoint folder, from the safetensors headers (no data read)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for file in sorted(glob.glob(os.path.join(path, "*.safetensors"))):
+    for file in safetensors_files(path):
         try:
             with open(file, "rb") as f:
                 header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -104,7 +136,7 @@ def checkpoint_names(path: str) -> list[str]:
 
 def checkpoint_tensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of a checkpoint folder, one at a time (safetensors, else PyTorch .bin)."""
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    files = safetensors_files(path)
     if files:
         for f in files:
             yield from _read_safetensors(f)
@@ -244,6 +276,7 @@ class ModelFamily:
                 continue
             img = next(it)
             if isinstance(img, torch.Tensor):
+                self._check_embeddings(img)
                 feats = img.to(self.dtype)
                 item = MMItem(len(out), feats.shape[0], "embeds:" + _tensor_hash(feats), feats, "embeds")
             else:
@@ -254,6 +287,12 @@ class ModelFamily:
             items.append(item)
             out.extend([tok] * item.length)
         return PromptInputs(out, items)
+
+    def _check_embeddings(self, t: torch.Tensor) -> None:
+        hidden = self.text_config().hidden_size
+        if t.dim() != 2 or t.shape[1] != hidden or t.shape[0] == 0 or t.is_complex() or not t.is_floating_point():
+            raise ValueError(f"precomputed image embeddings must be a float tensor [image tokens, {hidden}] "
+                             f"(the language model's hidden size); got {t.dtype} {list(t.shape)}")
 
 
 def _tensor_hash(t: torch.Tensor) -> str:

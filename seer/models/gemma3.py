@@ -24,7 +24,7 @@ from ..engine.request import PromptInputs
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.rotary import RotaryEmbedding, apply_rotary
-from .base import ModelFamily
+from .base import ModelFamily, load_image_processor
 from .llama import LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
@@ -243,9 +243,7 @@ class Gemma3Family(ModelFamily):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from transformers import AutoImageProcessor
-
-        self.image_processor = AutoImageProcessor.from_pretrained(self.path)
+        self.image_processor = load_image_processor(self.path)
         tok = self.tokenizer
         self.boi, self.eoi = tok.convert_ids_to_tokens(self.hf_config.boi_token_id), \
             tok.convert_ids_to_tokens(self.hf_config.eoi_token_id)

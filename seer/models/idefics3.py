@@ -43,7 +43,7 @@ from torch import nn
 
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
-from .base import ModelFamily
+from .base import ModelFamily, load_image_processor
 from .llama import LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
@@ -218,11 +218,7 @@ class Idefics3Family(ModelFamily):
         from transformers import Idefics3ImageProcessorPil, SmolVLMImageProcessorPil
 
         cls = SmolVLMImageProcessorPil if self.hf_config.model_type == "smolvlm" else Idefics3ImageProcessorPil
-        try:
-            return cls.from_pretrained(self.path)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"could not load the image processor from {self.path!r} "
-                             f"(preprocessor_config.json): {e}") from e
+        return load_image_processor(self.path, cls)
 
     def _image_seq_len(self) -> int:
         """``<image>`` tokens per tile: processor_config.json's ``image_seq_len``, else what the

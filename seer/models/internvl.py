@@ -54,7 +54,8 @@ from torch import nn
 from ..chat_template import ChatTemplate, get_builtin
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
-from .base import ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, read_config_json
+from .base import (ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, load_image_processor,
+                   read_config_json)
 from .llama import LlamaForCausalLM, internlm2_to_llama_config
 from .vlm import VisionLanguageModel
 
@@ -294,20 +295,16 @@ class InternVLFamily(ModelFamily):
 
     def setup_images(self) -> int:
         """Load what tiles images; returns the tile side."""
-        from transformers import AutoImageProcessor
-
-        try:
-            self.image_processor = AutoImageProcessor.from_pretrained(self.path)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"could not load the image processor from {self.path!r} "
-                             f"(preprocessor_config.json): {e}") from e
+        self.image_processor = load_image_processor(self.path)
         size = self.image_processor.size
         if not size.height or size.height != size.width:
             raise ValueError(f"preprocessor_config.json size {size.height}x{size.width} is not a square tile")
+        self.default_max_tiles = int(self.image_processor.max_patches)
         return size.height
 
-    def num_tiles(self, width: int, height: int) -> int:
-        return self.image_processor.get_number_of_image_patches(height, width, {"crop_to_patches": True})
+    def num_tiles(self, width: int, height: int, max_tiles: Optional[int] = None) -> int:
+        return self.image_processor.get_number_of_image_patches(
+            height, width, {"crop_to_patches": True, "max_patches": self.max_tiles_for(max_tiles)})
 
     @property
     def image_placeholder(self) -> str:
@@ -328,18 +325,32 @@ class InternVLFamily(ModelFamily):
             yield internal_name(name), w
 
     # ---- images --------------------------------------------------------------------------------
-    def tiles(self, image) -> torch.Tensor:
+    def max_tiles_for(self, part_max: Optional[int] = None) -> int:
+        """Tiles an image may take: its part's ``max_dynamic_patch``, else VisionConfig's, else the
+        checkpoint's."""
+        return part_max or self.vision_cfg.max_dynamic_patch or self.default_max_tiles
+
+    def tiles(self, image, max_tiles: int) -> torch.Tensor:
         """The image's tiles ``[n, 3, S, S]`` (float32), thumbnail last."""
-        out = self.image_processor(images=[image], crop_to_patches=True, return_tensors="pt")
+        out = self.image_processor(images=[image], crop_to_patches=True, max_patches=max_tiles,
+                                   return_tensors="pt")
         return out["pixel_values"]
 
-    def image_inputs(self, image):
-        tiles = self.tiles(image).to(self.dtype)
+    def image_inputs(self, image, max_tiles: Optional[int] = None):
+        tiles = self.tiles(image, self.max_tiles_for(max_tiles)).to(self.dtype)
         return tiles.shape[0] * self.tokens_per_tile, tiles
 
-    def _expand_images(self, ids: list[int], images: list) -> PromptInputs:
+    def encode(self, conversation: list[dict]) -> PromptInputs:
+        parts = [p for m in conversation for p in m["content"] if p["type"] == "image"]
+        if not parts or any(p["type"] == "video" for m in conversation for p in m["content"]):
+            return super().encode(conversation)
+        return self._expand_images(self.prompt_ids(conversation), [p["image"] for p in parts],
+                                   [p.get("max_dynamic_patch") for p in parts])
+
+    def _expand_images(self, ids: list[int], images: list, max_tiles: Optional[list] = None) -> PromptInputs:
         """Each ``<IMG_CONTEXT>`` -> ``<img>`` + ``<IMG_CONTEXT>`` * (tokens of its image) + ``</img>``
-        (``<img>``/``</img>`` already around it are kept, not doubled)."""
+        (``<img>``/``</img>`` already around it are kept, not doubled). ``max_tiles``: per image, its
+        part's ``max_dynamic_patch`` (or None)."""
         tok = self.image_token_id
         found = ids.count(tok)
         if found != len(images):
@@ -347,21 +358,22 @@ class InternVLFamily(ModelFamily):
                              f"{len(images)} image(s) were given")
         out: list[int] = []
         items: list[MMItem] = []
-        it = iter(images)
+        it = iter(zip(images, max_tiles or [None] * len(images)))
         for i, t in enumerate(ids):
             if t != tok:
                 out.append(t)
                 continue
-            img = next(it)
+            img, img_max = next(it)
             if not (out and out[-1] == self.img_start_id):
                 out.append(self.img_start_id)
             if isinstance(img, torch.Tensor):
                 feats = img.to(self.dtype)
                 item = MMItem(len(out), feats.shape[0], "embeds:" + _tensor_hash(feats), feats, "embeds")
             else:
-                n, tiles = self.image_inputs(img)
-                # The tile count is part of the key: one image tiled two ways is two inputs.
-                item = MMItem(len(out), n, f"{image_hash(img)}:{tiles.shape[0]}x{self.tile_size}", tiles)
+                n, tiles = self.image_inputs(img, img_max)
+                # The tiling is part of the key: one image tiled two ways is two inputs.
+                key = f"{image_hash(img)}:{tiles.shape[0]}x{self.tile_size}:max{self.max_tiles_for(img_max)}"
+                item = MMItem(len(out), n, key, tiles)
             items.append(item)
             out.extend([tok] * item.length)
             if not (i + 1 < len(ids) and ids[i + 1] == self.img_end_id):
@@ -571,17 +583,22 @@ class InternVLChatFamily(InternVLFamily):
     def setup_images(self) -> int:
         raw = self.raw_config
         dynamic = bool(raw.get("dynamic_image_size", True))  # off: one tile per image
+        self.dynamic = dynamic
         self.min_tiles = int(raw.get("min_dynamic_patch", 1)) if dynamic else 1
-        self.max_tiles = int(raw.get("max_dynamic_patch", 12)) if dynamic else 1
+        self.default_max_tiles = int(raw.get("max_dynamic_patch", 12)) if dynamic else 1
         self.use_thumbnail = bool(raw.get("use_thumbnail", True))
         self.image_processor = None
         return int(raw.get("force_image_size") or _vit(raw)["image_size"])
 
-    def num_tiles(self, width: int, height: int) -> int:
-        return num_tiles(width, height, self.tile_size, self.min_tiles, self.max_tiles, self.use_thumbnail)
+    def max_tiles_for(self, part_max: Optional[int] = None) -> int:
+        return super().max_tiles_for(part_max) if self.dynamic else 1  # dynamic_image_size off: one tile
 
-    def tiles(self, image) -> torch.Tensor:
-        return tiles_to_pixels(dynamic_preprocess(image, self.tile_size, self.min_tiles, self.max_tiles,
+    def num_tiles(self, width: int, height: int, max_tiles: Optional[int] = None) -> int:
+        return num_tiles(width, height, self.tile_size, self.min_tiles, self.max_tiles_for(max_tiles),
+                         self.use_thumbnail)
+
+    def tiles(self, image, max_tiles: int) -> torch.Tensor:
+        return tiles_to_pixels(dynamic_preprocess(image, self.tile_size, self.min_tiles, max_tiles,
                                                   self.use_thumbnail))
 
     def weights(self):

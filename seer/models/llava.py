@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ModelFamily
+from .base import ModelFamily, load_image_processor
 from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
@@ -122,9 +122,7 @@ class LlavaFamily(ModelFamily):
         return (v.image_size // v.patch_size) ** 2 + (1 if full else 0)
 
     def load_image_processor(self):
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor.from_pretrained(self.path)
+        return load_image_processor(self.path)
 
     @property
     def image_token_id(self) -> int:

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..engine.request import PromptInputs
-from .base import checkpoint_names, checkpoint_tensors
+from .base import checkpoint_names, checkpoint_tensors, load_image_processor
 from .llava import LlavaFamily, LlavaForConditionalGeneration
 from .llava_next import LlavaNextFamily, LlavaNextForConditionalGeneration
 
@@ -128,9 +128,7 @@ class _OriginalMixin:
         return transformers_config(self.path, self.raw_config, self.tower_path)
 
     def load_image_processor(self):
-        from transformers import AutoImageProcessor
-
-        proc = AutoImageProcessor.from_pretrained(self.tower_path)
+        proc = load_image_processor(self.tower_path)
         if getattr(self.hf_config, "image_grid_pinpoints", None):
             from transformers import LlavaNextImageProcessorPil
 

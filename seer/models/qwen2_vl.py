@@ -44,7 +44,7 @@ import torch
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from ..vl.video import video_hash
-from .base import ModelFamily
+from .base import ModelFamily, load_image_processor
 from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
@@ -160,13 +160,7 @@ class Qwen2VLFamily(ModelFamily):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        from transformers import AutoImageProcessor
-
-        try:
-            self.image_processor = ip = AutoImageProcessor.from_pretrained(self.path)
-        except Exception as e:  # noqa: BLE001
-            raise ValueError(f"could not load the image processor from {self.path!r} "
-                             f"(preprocessor_config.json): {e}") from e
+        self.image_processor = ip = load_image_processor(self.path)
         self.merge = self.hf_config.vision_config.spatial_merge_size
         if ip.merge_size != self.merge:
             raise ValueError(f"preprocessor_config.json merge_size={ip.merge_size} but the vision tower merges "
