@@ -136,6 +136,12 @@ def check_pixel_bounds(min_pixels, max_pixels, where: str = "") -> None:
                f"it must not exceed max_pixels={max_pixels}")
 
 
+def check_max_tiles(max_dynamic_patch, where: str = "") -> None:
+    v = max_dynamic_patch
+    _check(v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), where + "max_dynamic_patch",
+           v, "None or an integer >= 1 (tiles per image)")
+
+
 @dataclass
 class VisionConfig:
     """How images are encoded."""
@@ -149,6 +155,9 @@ class VisionConfig:
     # A request overrides them per image with an image part's "min_pixels" / "max_pixels" keys.
     min_pixels: Optional[int] = None
     max_pixels: Optional[int] = None
+    # Tiling families (InternVL): at most this many tiles per image (besides the thumbnail); None:
+    # the checkpoint's ``max_dynamic_patch``. An image part's "max_dynamic_patch" key overrides it.
+    max_dynamic_patch: Optional[int] = None
 
     def __post_init__(self):
         _check(isinstance(self.max_batch_size, int) and self.max_batch_size >= 1,
@@ -156,6 +165,7 @@ class VisionConfig:
         _check(isinstance(self.feature_cache_size, int) and self.feature_cache_size >= 0,
                "feature_cache_size", self.feature_cache_size, "an integer >= 0")
         check_pixel_bounds(self.min_pixels, self.max_pixels, "VisionConfig.")
+        check_max_tiles(self.max_dynamic_patch, "VisionConfig.")
 
 
 @dataclass

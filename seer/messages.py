@@ -5,7 +5,8 @@ with ROLE in ``system``/``user``/``assistant`` and each Part either
 ``{"type": "text", "text": str}`` or ``{"type": "image", "image": IMAGE}``, IMAGE
 being a decoded RGB ``PIL.Image.Image`` or a ``torch.Tensor`` of precomputed
 image embeddings (passed through untouched). An image part may also carry
-``min_pixels`` / ``max_pixels`` (ints), read by dynamic-resolution families.
+``min_pixels`` / ``max_pixels`` (ints), read by dynamic-resolution families, and
+``max_dynamic_patch`` (int), read by tiling families (InternVL).
 Video models also get ``{"type": "video", "video": seer.vl.video.Video}`` parts
 (frames loaded, files decoded), with the same optional keys.
 
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from seer.config import check_pixel_bounds
+from seer.config import check_max_tiles, check_pixel_bounds
 from seer.vl import load_image
 from seer.vl.video import load_video
 from seer.vl.constants import IMAGE_TOKEN
@@ -191,16 +192,17 @@ def _convert_video_part(part: dict, kind: str, role: str, where: str) -> Part:
     return {"type": "video", "video": video, **_image_options(part, kind, where)}
 
 
-IMAGE_OPTIONS = ("min_pixels", "max_pixels")
+IMAGE_OPTIONS = ("min_pixels", "max_pixels", "max_dynamic_patch")
 
 
 def _image_options(part: dict, kind: str, where: str) -> dict:
     """Per-image preprocessing options (``min_pixels``/``max_pixels``, read by dynamic-resolution
-    families such as Qwen2-VL): on the part itself (Qwen's message format) or inside its
-    ``image_url`` dict (LMDeploy's)."""
+    families such as Qwen2-VL; ``max_dynamic_patch``, read by InternVL): on the part itself (Qwen's
+    message format) or inside its ``image_url`` dict (LMDeploy's)."""
     inner = part.get(kind) if isinstance(part.get(kind), dict) else {}
     found = {k: part[k] if part.get(k) is not None else inner.get(k) for k in IMAGE_OPTIONS}
     check_pixel_bounds(found["min_pixels"], found["max_pixels"], f"{where}: image part's ")
+    check_max_tiles(found["max_dynamic_patch"], f"{where}: image part's ")
     return {k: v for k, v in found.items() if v is not None}
 
 

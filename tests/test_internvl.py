@@ -166,6 +166,45 @@ def test_image_tokens_equal_the_processor_count(ckpts, which):
         assert prompt.token_ids[start + 1 + n] == fam.img_end_id and prompt.mm_items[0].offset == start + 1
 
 
+@pytest.mark.parametrize("which", ["saved", "qwen2"])
+def test_max_dynamic_patch_per_engine_and_per_image(ckpts, which):
+    """LMDeploy's ``max_dynamic_patch``: VisionConfig's over the checkpoint's, an image part's over
+    both; each gives the tiles (and tokens) transformers' processor gives with that ``max_patches``."""
+    ref_dir = ckpts["saved"] if which == "saved" else ckpts["qwen2_converted"]
+    image = tm.make_image(5, (300, 100))  # wide: 3x1 tiles + thumbnail when 3 or more are allowed
+    conv = lambda mdp=None: to_conversation([{"role": "user", "content": [  # noqa: E731
+        {"type": "image_url", "image_url": {"url": image, **({"max_dynamic_patch": mdp} if mdp else {})}},
+        {"type": "text", "text": "x"}]}])
+
+    def n_tokens(prompt):
+        return sum(m.length for m in prompt.mm_items)
+
+    def reference(max_patches):
+        proc = iv.hf_processor(ref_dir)
+        proc.image_processor.max_patches = max_patches
+        ref = proc(text=proc.apply_chat_template(iv.messages("x", 1), add_generation_prompt=True),
+                   images=[image], return_tensors="pt")
+        return int((ref["input_ids"] == proc.image_token_id).sum()), ref["pixel_values"]
+
+    default = _pipe(ckpts[which]).family
+    assert n_tokens(default.encode(conv())) == reference(iv.MAX_TILES)[0]
+    with pipeline(ckpts[which], vision_config=VisionConfig(max_dynamic_patch=2)) as pipe:
+        fam = pipe.family
+        for mdp, expect in ((None, 2), (1, 1), (6, 6)):
+            prompt = fam.encode(conv(mdp))
+            n, pixels = reference(expect)
+            assert n_tokens(prompt) == n
+            assert torch.equal(prompt.mm_items[0].data.float(), pixels)
+        # one image tiled two ways is two inputs: a batch of both gives each its own answer
+        gen = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+        both = pipe([conv(1), conv(6)], gen_config=gen)
+        assert [r.token_ids for r in both] == [pipe(c, gen_config=gen).token_ids for c in (conv(1), conv(6))]
+    with pytest.raises(ValueError, match="max_dynamic_patch"):
+        VisionConfig(max_dynamic_patch=0)
+    with pytest.raises(ValueError, match="max_dynamic_patch"):
+        default.encode(conv(-3))
+
+
 def test_pixel_shuffle_matches_transformers_and_v1_is_transposed():
     from transformers.models.internvl.modeling_internvl import InternVLModel
 
@@ -231,7 +270,7 @@ def test_pixel_shuffle_v1_checkpoints(ckpts, tmp_path):
     import shutil
 
     model = _pipe(ckpts["qwen2"]).family.model
-    tiles = _pipe(ckpts["qwen2"]).family.tiles(_images(2)[1])
+    tiles = _pipe(ckpts["qwen2"]).family.image_inputs(_images(2)[1])[1].float()
     with torch.no_grad():
         v2 = model.image_features(tiles)
         model.ps_version = "v1"
