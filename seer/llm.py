@@ -21,7 +21,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .config import EngineConfig, GenerationConfig
+from .config import EngineConfig, GenerationConfig, VisionConfig
 from .engine.request import PromptInputs
 from .messages import split_batch, to_conversation
 from .pipeline import Pipeline
@@ -84,19 +84,53 @@ class RequestOutput:
     finished: bool = True
 
 
+# vLLM engine arguments that change nothing here (accepted so that vLLM code runs unchanged).
+_NO_EFFECT_ARGS = frozenset({
+    "trust_remote_code", "enforce_eager", "tokenizer_mode", "swap_space", "disable_log_stats",
+    "enable_chunked_prefill", "disable_mm_preprocessor_cache", "disable_custom_all_reduce", "quantization",
+    "max_seq_len_to_capture", "cpu_offload_gb", "revision", "tokenizer_revision", "download_dir",
+    "load_format", "seed_everything", "compilation_config", "distributed_executor_backend"})
+
+
 class LLM:
+    """vLLM's ``LLM``. Engine arguments with a meaning here: ``max_model_len``, ``dtype``,
+    ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size``, ``enable_prefix_caching``,
+    ``gpu_memory_utilization``, ``tensor_parallel_size``, ``limit_mm_per_prompt``, ``seed``,
+    ``mm_processor_kwargs`` (``min_pixels`` / ``max_pixels``); the others of ``_NO_EFFECT_ARGS``
+    are accepted and ignored; anything else is a ``ValueError``."""
+
     def __init__(self, model: str, max_model_len: Optional[int] = None, limit_mm_per_prompt: Optional[dict] = None,
                  dtype: str = "auto", seed: Optional[int] = None, max_num_seqs: Optional[int] = None,
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.8,
-                 tensor_parallel_size: int = 1, trust_remote_code: bool = False, **kwargs):
+                 tensor_parallel_size: int = 1, max_num_batched_tokens: Optional[int] = None,
+                 block_size: Optional[int] = None, mm_processor_kwargs: Optional[dict] = None, **kwargs):
+        unknown = sorted(set(kwargs) - _NO_EFFECT_ARGS)
+        if unknown:
+            raise ValueError(f"LLM() got unsupported argument(s) {unknown}; accepted: max_model_len, dtype, seed, "
+                             "max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, "
+                             "gpu_memory_utilization, tensor_parallel_size, limit_mm_per_prompt, "
+                             f"mm_processor_kwargs, and (no effect here) {sorted(_NO_EFFECT_ARGS)}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is invalid: one of 'auto', 'float32', 'bfloat16', 'float16'")
+        extra = {}
+        if max_num_seqs:
+            extra["max_batch_size"] = max_num_seqs
+        if max_num_batched_tokens:
+            extra["max_prefill_token_num"] = max_num_batched_tokens
+        if block_size:
+            extra["block_size"] = block_size
         cfg = EngineConfig(session_len=max_model_len, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
-                           cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size,
-                           **({"max_batch_size": max_num_seqs} if max_num_seqs else {}))
+                           cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size, **extra)
+        mm = dict(mm_processor_kwargs or {})
+        bad = sorted(set(mm) - {"min_pixels", "max_pixels"})
+        if bad:
+            raise ValueError(f"mm_processor_kwargs keys {bad} are not supported; accepted: min_pixels, max_pixels")
+        unknown_mm = sorted(set(limit_mm_per_prompt or {}) - {"image", "video"})
+        if unknown_mm:
+            raise ValueError(f"limit_mm_per_prompt keys {unknown_mm} are not supported; accepted: image, video")
         self.limit_images = (limit_mm_per_prompt or {}).get("image")
         self.seed = seed
-        self._pipe = Pipeline(model, cfg)
+        self._pipe = Pipeline(model, cfg, vision_config=VisionConfig(**mm))
         self._ids = 0
 
     # ---- vLLM's calls --------------------------------------------------------------------

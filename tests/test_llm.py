@@ -32,6 +32,17 @@ def test_raw_prompt_with_an_image_matches_transformers(llm, tiny_llava):
     assert out[0].outputs[0].text == llm.get_tokenizer().decode(want, skip_special_tokens=True)
 
 
+def test_a_list_of_two_images_matches_transformers(llm, tiny_llava):
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "and"}, {"type": "image"},
+                                         {"type": "text", "text": "compare"}]}]
+    imgs = [tm.make_image(3, size=(40, 56)), tm.make_image(4)]
+    ref_inputs = tm.hf_inputs(tiny_llava, msgs, imgs)
+    want = tm.hf_greedy(tiny_llava, ref_inputs, max_new_tokens=20, ignore_eos=True)
+    out = llm.generate({"prompt": tm.render_chat(tiny_llava, msgs), "multi_modal_data": {"image": imgs}}, GREEDY)
+    assert out[0].outputs[0].token_ids == want
+    assert out[0].prompt_token_ids == ref_inputs["input_ids"][0].tolist()
+
+
 def test_precomputed_embeddings_skip_the_vision_encoder(llm, tiny_llava):
     img = tm.make_image(8)
     prompt = {"prompt": _raw_prompt(tiny_llava), "multi_modal_data": {"image": img}}
@@ -80,6 +91,8 @@ def test_sampling_params(llm):
     ({"prompt": "no placeholder here", "multi_modal_data": {"image": tm.make_image(1)}}, "placeholder"),
     ({"prompt": "<image> x", "multi_modal_data": {"video": [1]}}, "not supported"),
     ({"text": "wrong key"}, "prompt_token_ids"),
+    ({"prompt": "<image> x", "multi_modal_data": {"image": torch.zeros(5, 3)}}, r"\[image tokens, \d+\]"),
+    ({"prompt": "<image> x", "multi_modal_data": {"image": torch.zeros(5, 4, 3, 2)}}, r"\[image tokens, \d+\]"),
 ])
 def test_bad_prompts(llm, bad, words):
     with pytest.raises(ValueError, match=words):
@@ -91,3 +104,24 @@ def test_bad_sampling_params(llm):
         llm.generate("x", SamplingParams(n=2))
     with pytest.raises(ValueError, match="top_p"):
         llm.generate("x", SamplingParams(top_p=0))
+
+
+@pytest.mark.parametrize("kwargs,words", [
+    ({"no_such_option": 1}, "no_such_option"),
+    ({"mm_processor_kwargs": {"num_crops": 4}}, "num_crops"),
+    ({"limit_mm_per_prompt": {"audio": 1}}, "audio"),
+    ({"dtype": "int8"}, "dtype"),
+])
+def test_bad_engine_arguments_say_what_is_accepted(tiny_llava, kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        LLM(model=tiny_llava, **kwargs)
+
+
+def test_vllm_engine_arguments_map_onto_the_engine(tiny_llava):
+    llm = LLM(model=tiny_llava, max_num_batched_tokens=64, block_size=8, max_num_seqs=3, enforce_eager=True,
+              trust_remote_code=True)
+    try:
+        cfg = llm._pipe.engine_config
+        assert (cfg.max_prefill_token_num, cfg.block_size, cfg.max_batch_size) == (64, 8, 3)
+    finally:
+        llm.close()
