@@ -54,6 +54,14 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--tp", type=int, default=1, help="tensor parallel size (only 1 for now)")
     g.add_argument("--vision-max-batch-size", type=int, default=VisionConfig().max_batch_size,
                    help="images per vision-encoder forward")
+    g.add_argument("--vision-tower-path", default=None,
+                   help="original-layout LLaVA: the CLIP folder its mm_vision_tower names")
+    g.add_argument("--min-pixels", type=int, default=None,
+                   help="Qwen2-VL family: fewest pixels an image is resized to (default: the checkpoint's)")
+    g.add_argument("--max-pixels", type=int, default=None,
+                   help="Qwen2-VL family: most pixels an image is resized to (default: the checkpoint's)")
+    g.add_argument("--feature-cache-size", type=int, default=VisionConfig().feature_cache_size,
+                   help="images whose vision features stay cached (by content hash)")
     g.add_argument("--chat-template", default=None,
                    help="a built-in template name, or a JSON file of ChatTemplateConfig fields")
 
@@ -66,7 +74,9 @@ def engine_configs(args) -> tuple[EngineConfig, VisionConfig, Optional[ChatTempl
                         max_prefill_token_num=args.max_prefill_token_num, num_gpu_blocks=args.num_gpu_blocks,
                         dtype=args.dtype, device=args.device, tp=args.tp,
                         max_queued_requests=getattr(args, "max_queued_requests", None))
-    vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size)
+    vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size, vision_tower_path=args.vision_tower_path,
+                        min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                        feature_cache_size=args.feature_cache_size)
     return ecfg, vcfg, chat_template_config(args.chat_template)
 
 
