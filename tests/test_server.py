@@ -99,6 +99,90 @@ def test_streamed_chat_with_two_images_url_and_base64(client, pipe, images):
     assert chunks[-1].usage.prompt_tokens == want.input_token_len
 
 
+def test_plain_chat_with_two_images_and_streamed_chat_with_one(client, pipe, images):
+    srv, a, b = images
+    two = _user("Which is brighter?", _data_uri(a), srv.url("/b.png"))
+    out = client.chat.completions.create(model="tiny-llava", messages=two, max_tokens=MAX_TOKENS, temperature=0)
+    want = pipe(two, gen_config=GenerationConfig(max_new_tokens=MAX_TOKENS))
+    assert out.choices[0].message.content == want.text
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (want.input_token_len, want.generate_token_len)
+    one = _user("What is it?", _data_uri(b))
+    chunks = list(client.chat.completions.create(model="tiny-llava", messages=one, max_tokens=MAX_TOKENS,
+                                                 temperature=0, stream=True))
+    want = pipe(one, gen_config=GenerationConfig(max_new_tokens=MAX_TOKENS))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want.text
+    usage = [c.usage for c in chunks if c.usage][-1]  # the last content chunk carries usage
+    assert (usage.prompt_tokens, usage.completion_tokens) == (want.input_token_len, want.generate_token_len)
+
+
+# Every sampling field with a valid value: the server's answer is the pipeline's under the same config.
+SAMPLING_CASES = [
+    ({"top_k": 3, "temperature": 0.9, "seed": 5}, dict(do_sample=True, top_k=3, temperature=0.9, random_seed=5)),
+    ({"top_p": 0.5, "temperature": 1.2, "seed": 6}, dict(do_sample=True, top_p=0.5, temperature=1.2, top_k=0,
+                                                          random_seed=6)),
+    ({"min_p": 0.2, "temperature": 1.0, "seed": 2}, dict(do_sample=True, min_p=0.2, temperature=1.0, top_k=0,
+                                                          random_seed=2)),
+    ({"presence_penalty": 1.5, "temperature": 0}, dict(presence_penalty=1.5)),
+    ({"frequency_penalty": 1.2, "temperature": 0}, dict(frequency_penalty=1.2)),
+    ({"repetition_penalty": 1.4, "temperature": 0}, dict(repetition_penalty=1.4)),
+    ({"max_completion_tokens": 5, "temperature": 0}, dict(max_new_tokens=5)),
+]
+
+
+@pytest.mark.parametrize("fields,gen", SAMPLING_CASES, ids=[",".join(f) for f, _ in SAMPLING_CASES])
+def test_sampling_fields_equal_the_pipeline(server, pipe, fields, gen):
+    messages = _user("Tell me a long story about shapes.")
+    body = {"model": "tiny-llava", "messages": messages, "max_tokens": 16, **fields}
+    r = _post(server, body)
+    assert r.status_code == 200, r.text
+    want = pipe(messages, gen_config=GenerationConfig(**{"max_new_tokens": 16, **gen}))
+    assert r.json()["choices"][0]["message"]["content"] == want.text
+    assert r.json()["usage"]["completion_tokens"] == want.generate_token_len
+
+
+def test_stop_strings_end_the_answer_before_them(client, pipe):
+    messages = _user("Tell me a long story about shapes.")
+    full = pipe(messages, gen_config=GenerationConfig(max_new_tokens=24)).text
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = words[2]
+    out = client.chat.completions.create(model="tiny-llava", messages=messages, max_tokens=24, temperature=0,
+                                         stop=[stop, "never-appears"])
+    assert out.choices[0].finish_reason == "stop"
+    assert out.choices[0].message.content == full[:full.index(stop)]
+
+
+def test_stop_token_ids_and_min_tokens(server, pipe):
+    messages = _user("Tell me a long story about shapes.")
+    full = pipe(messages, gen_config=GenerationConfig(max_new_tokens=16)).token_ids
+    stop_id = full[3]
+    first = full.index(stop_id)
+    for extra, gen in (({}, {}), ({"min_tokens": first + 2}, {"min_new_tokens": first + 2})):
+        body = {"model": "tiny-llava", "messages": messages, "max_tokens": 16, "temperature": 0,
+                "stop_token_ids": [stop_id], **extra}
+        r = _post(server, body)
+        assert r.status_code == 200, r.text
+        want = pipe(messages, gen_config=GenerationConfig(max_new_tokens=16, stop_token_ids=[stop_id], **gen))
+        assert r.json()["choices"][0]["message"]["content"] == want.text
+        assert r.json()["usage"]["completion_tokens"] == want.generate_token_len
+        assert (want.generate_token_len == first) == (not extra)  # min_tokens holds the stop token back
+
+
+def test_metrics_count_tokens_and_time(client, server):
+    before = server.metrics()
+    out = client.chat.completions.create(model="tiny-llava", messages=_user("Count."), max_tokens=6, temperature=0,
+                                         extra_body={"ignore_eos": True})
+    m = server.metrics()
+    assert m["seer_prompt_tokens_total"] - before["seer_prompt_tokens_total"] == out.usage.prompt_tokens
+    assert m["seer_generation_tokens_total"] - before["seer_generation_tokens_total"] == 6
+    for hist in ("seer_time_to_first_token_seconds", "seer_time_per_output_token_seconds",
+                 "seer_e2e_request_latency_seconds"):
+        assert m[hist + "_count"] == before.get(hist + "_count", 0) + 1, hist
+        assert m[hist + "_sum"] > before.get(hist + "_sum", 0), hist
+    assert 0 <= m["seer_kv_cache_usage_perc"] <= 1 and m["seer_kv_cache_blocks_total"] > 0
+    assert m["seer_kv_cache_blocks_touched"] > 0 and m["seer_kv_cache_block_bytes"] > 0
+
+
 def test_repeated_image_hits_the_feature_cache(client, server, images):
     srv, _, _ = images
     before = server.metrics()["seer_image_cache_hits_total"]
@@ -199,6 +283,9 @@ BAD_INPUTS = [
     ("max_tokens = 0", _chat(max_tokens=0), None, 400, "max_tokens"),
     ("n = 0", _chat(n=0), None, 400, "n=0"),
     ("presence_penalty out of range", _chat(presence_penalty=5), None, 400, "presence_penalty"),
+    ("frequency_penalty out of range", _chat(frequency_penalty=-3), None, 400, "frequency_penalty"),
+    ("top_k negative", _chat(top_k=-5), None, 400, "top_k"),
+    ("seed not an integer", _chat(seed="abc"), None, 400, "seed"),
     ("repetition_penalty = 0", _chat(repetition_penalty=0), None, 400, "repetition_penalty"),
     ("top_logprobs without logprobs", _chat(top_logprobs=2), None, 400, "logprobs"),
     ("top_logprobs too many", _chat(logprobs=True, top_logprobs=50), None, 400, "logprobs"),

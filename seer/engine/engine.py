@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 
+from .._malloc import trim as trim_heap
 from ..config import EngineConfig, GenerationConfig
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import BlockManager
@@ -100,13 +101,18 @@ class Engine:
     # ---- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
         why = "the engine was closed"
+        busy = False  # stepped since the last time the loop was idle
         try:
             while not self._stop.is_set():
                 self._drain_inbox()
                 if not self.scheduler.has_work():
+                    if busy:  # just went idle: give a burst's freed activations back to the system
+                        busy = False
+                        trim_heap()
                     self._wake.wait(0.05)
                     self._wake.clear()
                     continue
+                busy = True
                 self.step()
         except BaseException:  # noqa: BLE001 - a dead loop must fail every waiter, not hang them
             log.error("engine loop died:\n%s", traceback.format_exc())

@@ -46,6 +46,7 @@ class BlockManager:
         self._cached: dict[bytes, int] = {}
         self._used = [False] * num_blocks
         self._fresh: list[int] = []  # blocks handed out for the first time, not yet zeroed
+        self.num_touched = 0  # blocks ever handed out: on CPU, the pool's resident share
         self.prefix_hits = 0  # tokens served from the prefix cache, for metrics
 
     # ---- queries -------------------------------------------------------------
@@ -156,6 +157,7 @@ class BlockManager:
         if not self._used[b]:
             self._used[b] = True
             self._fresh.append(b)
+            self.num_touched += 1
         return b
 
     def _forget(self, b: int) -> None:

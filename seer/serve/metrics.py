@@ -97,6 +97,10 @@ class _EngineCollector:
                      used / blocks.num_blocks)
         yield _gauge("seer_kv_cache_blocks_used", "KV-cache blocks held by requests", used)
         yield _gauge("seer_kv_cache_blocks_total", "KV-cache blocks in the pool", blocks.num_blocks)
+        yield _gauge("seer_kv_cache_blocks_touched", "KV-cache blocks that have held tokens at least once "
+                     "(on CPU the pool's memory is resident only for these)", blocks.num_touched)
+        yield _gauge("seer_kv_cache_block_bytes", "Bytes of one KV-cache block (all layers, keys and values)",
+                     engine.runner.block_bytes)
         stats = engine.stats
         yield _counter("seer_prompt_tokens", "Prompt tokens submitted", stats["prompt_tokens"])
         yield _counter("seer_generation_tokens", "Tokens generated", stats["generation_tokens"])
