@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import itertools
 import queue
+import threading
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence as Seq, Union
 
@@ -25,6 +26,9 @@ from .engine.runner import ModelRunner
 from .messages import split_batch, to_conversation
 from .models.base import ModelFamily, read_config_json
 from .models.registry import family_for
+
+
+CANCEL_POLL_S = 0.05  # how often a cancellable stream looks at its cancel event
 
 
 @dataclass
@@ -103,9 +107,14 @@ class Pipeline:
     def infer(self, prompts, gen_config: GenConfigs = None, **kwargs):
         return self(prompts, gen_config, **kwargs)
 
-    def stream_infer(self, prompts, gen_config: GenConfigs = None, **kwargs) -> Iterator[Response]:
+    def stream_infer(self, prompts, gen_config: GenConfigs = None, cancel: Optional[threading.Event] = None,
+                     **kwargs) -> Iterator[Response]:
         """Yield deltas as they come: ``Response`` objects whose ``text`` is the new text and
-        ``index`` the prompt's position; the last delta of a prompt carries its finish_reason."""
+        ``index`` the prompt's position; the last delta of a prompt carries its finish_reason.
+
+        Closing the generator aborts what is still running. ``cancel`` (seer's own) does the same
+        from another thread: once it is set, the generator aborts the rest and ends within
+        ``CANCEL_POLL_S``, also while a request still waits for its first token."""
         singles, is_batch = split_batch(prompts)
         gens = self._gen_configs(gen_config, len(singles))
         q: queue.Queue = queue.Queue()
@@ -116,12 +125,19 @@ class Pipeline:
         index = {rid: i for i, rid in enumerate(ids)}
         try:
             while pending:
-                rid, out = q.get()
+                try:
+                    rid, out = q.get(timeout=None if cancel is None else CANCEL_POLL_S)
+                except queue.Empty:
+                    if cancel.is_set():
+                        return
+                    continue
                 delta = Response("", 0, 0, index=index[rid])
                 delta._add(out)
                 if out.finished:
                     pending.discard(rid)
                 yield delta
+                if cancel is not None and cancel.is_set():
+                    return
         finally:
             for rid in pending:
                 self.engine.abort(rid)

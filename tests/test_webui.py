@@ -205,6 +205,16 @@ def _expected(pipe):
     return a1, a2, a3
 
 
+def _second_image_png() -> bytes:
+    import io
+
+    import tiny_models as tm
+
+    buf = io.BytesIO()
+    tm.make_image(3, size=(90, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _chat_session(page, url: str, pipe, tmp_path, name: str) -> None:
     from seer.vl import load_image
 
@@ -244,6 +254,16 @@ def _chat_session(page, url: str, pipe, tmp_path, name: str) -> None:
     assert short.generate_token_len == 7 or short.finish_reason == "stop"
     assert _ask(page, Q1, [DEMO_IMAGE]) == short.text
 
+    # several images in one turn, in a fresh chat
+    page.click("#seer-reset")
+    page.wait_for_function("() => document.querySelectorAll('#seer-chat [data-testid=bot]').length === 0",
+                           timeout=10_000)
+    second = tmp_path / "second.png"
+    second.write_bytes(_second_image_png())
+    both = _greedy(pipe, ("Compare the two pictures.", [image, load_image(str(second))]), max_new_tokens=7)
+    assert _ask(page, "Compare the two pictures.", [DEMO_IMAGE, str(second)]) == both.response.text
+    assert page.locator(f"{USERS} img").count() == 2
+
 
 @needs_chromium
 def test_webui_in_process(servers, pipe, page, tmp_path):
@@ -267,12 +287,19 @@ class SlowBackend(Backend):
         self.closed = threading.Event()
         self.seen: list = []  # the messages of every request
 
-    def stream(self, messages, sampling: Sampling):
+    def stream(self, messages, sampling: Sampling, cancel=None):
         self.seen.append(messages)
         if messages[-1]["content"][-1]["text"] == "echo":
             for i in range(0, len(TRICKY), 7):
                 yield TRICKY[i:i + 7]
             return
+        if messages[-1]["content"][-1]["text"] == "wait":  # no token until cancelled (a queued request)
+            self.closed.clear()
+            try:
+                assert cancel is not None and cancel.wait(60), "the page never cancelled"
+                return
+            finally:
+                self.closed.set()
         self.closed.clear()
         try:
             for _ in range(600):
@@ -342,6 +369,16 @@ def test_stop_and_reset_abort_the_answer(slow_page_url, page):
     assert _ask(page, "echo") == TRICKY
     assert len(backend.seen[-1]) == 1
 
+    # Stop before the first token (a request still queued, or in a long prefill) ends it too
+    page.fill(TEXTAREA, "wait")
+    page.press(TEXTAREA, "Enter")
+    page.wait_for_function("() => document.querySelector('#seer-input textarea').disabled", timeout=10_000)
+    time.sleep(0.3)
+    page.click("#seer-stop")
+    _wait_answer(page, 2, timeout=10_000)
+    assert _bot_text(page).strip() == STOPPED_MARK.strip()
+    assert backend.closed.wait(5), "Stop did not end the waiting request"
+
 
 # ---- the in-process backend ----------------------------------------------------------------------
 def test_pipeline_backend_close_aborts_and_errors(pipe):
@@ -364,6 +401,35 @@ def test_pipeline_backend_close_aborts_and_errors(pipe):
     with pytest.raises(BackendError, match="image"):
         list(backend.stream([{"role": "user", "content": [{"type": "image", "path": __file__},
                                                             {"type": "text", "text": Q1}]}], Sampling()))
+
+
+def test_cancel_ends_a_queued_request_and_frees_it(tiny_llava):
+    """Stop while the request has no token yet (one running request fills a max_batch_size=1
+    engine): the stream ends at once, the request leaves the engine, and the other one runs on."""
+    from seer import EngineConfig, pipeline
+
+    with pipeline(tiny_llava, EngineConfig(max_batch_size=1)) as p:
+        backend, engine = PipelineBackend("tiny", pipe=p), p.engine
+        first = backend.stream([{"role": "user", "content": [{"type": "text", "text": "go"}]}],
+                               Sampling(max_new_tokens=1500))
+        next(first)
+        cancel, got = threading.Event(), []
+        waiting = threading.Thread(target=lambda: got.extend(backend.stream(
+            [{"role": "user", "content": [{"type": "text", "text": Q1}]}], Sampling(), cancel)))
+        waiting.start()
+        deadline = time.monotonic() + 10
+        while engine.num_waiting != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.num_waiting == 1 and engine.num_running == 1
+        cancel.set()
+        waiting.join(2)
+        assert not waiting.is_alive() and got == []
+        deadline = time.monotonic() + 5
+        while engine.num_waiting and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.num_waiting == 0 and engine.num_running == 1
+        assert next(first)  # the running one goes on
+        first.close()
 
 
 def test_command_line(monkeypatch, tmp_path):

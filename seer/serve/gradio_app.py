@@ -30,6 +30,7 @@ import functools
 import html
 import io
 import os
+import queue
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -57,11 +58,14 @@ class Backend:
     """Streams one answer. ``messages`` is the conversation in the page's form: a list of
     ``{"role", "content"}`` where user content is a list of ``{"type": "text", "text"}`` and
     ``{"type": "image", "path"}`` parts and assistant content a str. ``stream`` yields text
-    deltas and raises ``BackendError``; closing the generator early aborts the request."""
+    deltas and raises ``BackendError``; closing the generator early aborts the request, and so
+    does setting ``cancel`` (from any thread): the generator then ends soon, even before the
+    first token (a request still queued or in a long prefill)."""
 
     name = "backend"
 
-    def stream(self, messages: list[dict], sampling: Sampling) -> Iterator[str]:
+    def stream(self, messages: list[dict], sampling: Sampling,
+               cancel: Optional[threading.Event] = None) -> Iterator[str]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -90,7 +94,8 @@ class PipelineBackend(Backend):
             out.append({"role": m["role"], "content": parts})
         return out
 
-    def stream(self, messages: list[dict], sampling: Sampling) -> Iterator[str]:
+    def stream(self, messages: list[dict], sampling: Sampling,
+               cancel: Optional[threading.Event] = None) -> Iterator[str]:
         from seer import GenerationConfig
 
         try:
@@ -98,7 +103,7 @@ class PipelineBackend(Backend):
                                    do_sample=sampling.temperature > 0,
                                    temperature=float(sampling.temperature) if sampling.temperature > 0 else 1.0,
                                    top_p=float(sampling.top_p))
-            deltas = self.pipe.stream_infer(self.to_seer(messages), gen_config=gen)
+            deltas = self.pipe.stream_infer(self.to_seer(messages), gen_config=gen, cancel=cancel)
         except ValueError as e:
             raise BackendError(str(e)) from None
         try:
@@ -187,28 +192,57 @@ class OpenAIBackend(Backend):
             out.append({"role": m["role"], "content": parts})
         return out
 
-    def stream(self, messages: list[dict], sampling: Sampling) -> Iterator[str]:
-        openai = self._openai
+    def stream(self, messages: list[dict], sampling: Sampling,
+               cancel: Optional[threading.Event] = None) -> Iterator[str]:
+        """The HTTP stream is read by a thread of its own, so that this generator can end on
+        ``cancel`` while the server has not answered yet; that thread closes the stream (the
+        server sees a disconnect and aborts) as soon as its pending read returns."""
         payload = self.to_openai(messages)
+        model = self._model()
+        done = threading.Event()  # this generator is over: the reader stops
+        deltas: queue.Queue = queue.Queue()
+        reader = threading.Thread(target=self._read, args=(model, payload, sampling, deltas, done), daemon=True)
+        reader.start()
+        try:
+            while True:
+                try:
+                    kind, item = deltas.get(timeout=0.05)
+                except queue.Empty:
+                    if cancel is not None and cancel.is_set():
+                        return
+                    continue
+                if kind == "end":
+                    return
+                if kind == "error":
+                    raise BackendError(item)
+                yield item
+        finally:
+            done.set()  # the reader stops at its next chunk and closes the stream
+
+    def _read(self, model, payload, sampling: Sampling, deltas: queue.Queue, done: threading.Event) -> None:
+        openai = self._openai
         try:
             stream = self.client.chat.completions.create(
-                model=self._model(), messages=payload, stream=True,
-                temperature=float(sampling.temperature), top_p=float(sampling.top_p),
-                max_tokens=int(sampling.max_new_tokens))
+                model=model, messages=payload, stream=True, temperature=float(sampling.temperature),
+                top_p=float(sampling.top_p), max_tokens=int(sampling.max_new_tokens))
+            try:
+                for chunk in stream:
+                    if done.is_set():
+                        return
+                    for choice in chunk.choices or []:
+                        text = choice.delta.content if choice.delta is not None else None
+                        if text:
+                            deltas.put(("text", text))
+                        if choice.finish_reason == "error":
+                            deltas.put(("error", "the server failed this request"))
+                            return
+            finally:
+                stream.close()
+            deltas.put(("end", None))
         except openai.OpenAIError as e:
-            raise BackendError(_api_message(e)) from None
-        try:
-            for chunk in stream:
-                for choice in chunk.choices or []:
-                    text = choice.delta.content if choice.delta is not None else None
-                    if text:
-                        yield text
-                    if choice.finish_reason == "error":
-                        raise BackendError("the server failed this request")
-        except openai.OpenAIError as e:
-            raise BackendError(_api_message(e)) from None
-        finally:
-            stream.close()  # the server sees the disconnect and aborts the request
+            deltas.put(("error", _api_message(e)))
+        except Exception as e:  # noqa: BLE001 - reported in the chat, never lost in this thread
+            deltas.put(("error", f"{type(e).__name__}: {e}"))
 
 
 def _api_message(e: Exception) -> str:
@@ -263,6 +297,7 @@ class _Control:
     stop: threading.Event = field(default_factory=threading.Event)
     reset: threading.Event = field(default_factory=threading.Event)
     busy: threading.Event = field(default_factory=threading.Event)  # an answer is streaming
+    cancel: threading.Event = field(default_factory=threading.Event)  # Stop or Reset: end the answer now
 
 
 def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
@@ -296,6 +331,7 @@ def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
             return
         ctl.stop.clear()
         ctl.reset.clear()
+        ctl.cancel.clear()
         ctl.busy.set()
         user = {"role": "user", "content": [{"type": "image", "path": p} for p in paths]
                 + [{"type": "text", "text": text}]}
@@ -314,7 +350,7 @@ def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         sampling = Sampling(float(temperature), float(top_p), int(max_new))
         deltas = None
         try:
-            deltas = backend.stream(history + [user], sampling)
+            deltas = backend.stream(history + [user], sampling, ctl.cancel)
             for delta in deltas:
                 answer += delta
                 if ctl.stop.is_set() or ctl.reset.is_set():
@@ -344,12 +380,15 @@ def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         yield gr.MultimodalTextbox(value=None, interactive=True), gr.skip(), gr.skip()
 
     def on_stop(request: gr.Request):
-        control(request).stop.set()
+        ctl = control(request)
+        ctl.stop.set()
+        ctl.cancel.set()
 
     def on_reset(request: gr.Request):
         ctl = control(request)
-        if ctl.busy.is_set():  # the answer stops at its next token, clears the page and frees the input
+        if ctl.busy.is_set():  # the answer stops now, clears the page and frees the input
             ctl.reset.set()
+            ctl.cancel.set()
             return [], [], gr.skip()
         return [], [], gr.MultimodalTextbox(value=None, interactive=True)
 
