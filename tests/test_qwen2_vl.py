@@ -290,12 +290,13 @@ def test_video_parity(ckpts, kind, fps):
     assert pipe(msgs, gen_config=GEN).token_ids == expected
 
 
-def test_video_file(ckpts, tmp_path):
+@pytest.mark.parametrize("kind", q.KINDS)
+def test_video_file(ckpts, tmp_path, kind):
     """A video file decoded with PyAV, sampled at 2 fps, gives transformers' tokens for those frames."""
     av = pytest.importorskip("av")
     from seer.vl.video import sample_indices
 
-    path = ckpts["qwen2_5_vl"]["saved"]
+    path = ckpts[kind]["saved"]
     file = q.write_video(str(tmp_path / "clip.mp4"), _frames(12), fps=6)
     with av.open(file) as container:
         decoded = [f.to_image() for f in container.decode(video=0)]
