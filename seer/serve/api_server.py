@@ -233,7 +233,7 @@ class _Job:
             try:
                 rid = engine.add_request(inputs, gen, sink)
             except ValueError as e:
-                self.abort()
+                self.abort(client_left=False)  # the choices already queued go too; not an abort by the client
                 raise BadRequest(str(e)) from None
             self.ids.append(rid)
             self.pending.add(rid)
@@ -248,11 +248,12 @@ class _Job:
                 self.pending.discard(out.request_id)
             yield index, out
 
-    def abort(self) -> None:
+    def abort(self, client_left: bool = True) -> None:
         if self.pending and self.core.pipe is not None and self.core.pipe.engine is not None:
             for rid in self.pending:
                 self.core.pipe.engine.abort(rid)
-            self.core.metrics.on_abort(self.pending)
+            if client_left:
+                self.core.metrics.on_abort(self.pending)
         self.pending.clear()
 
 
