@@ -169,6 +169,34 @@ def test_a_batch_equals_each_alone(original):
     assert [r.token_ids for r in pipe(reqs, gen_config=gen)] == alone
 
 
+def test_without_a_chat_template_the_prompt_is_the_original_llava_v1(tiny_llava, hub, tmp_path):
+    """liuhaotian/llava-v1.5-7b ships no chat template: the prompt is LLaVA's own conv_llava_v1
+    (its system line, ``USER: <image>\n... ASSISTANT:``), as the original repo builds it."""
+    from seer.messages import to_conversation
+
+    dst = write_original_layout(tiny_llava, str(tmp_path / "llava-v1.5-7b"), hub)
+    for name in os.listdir(dst):
+        if name.startswith("chat_template"):
+            os.remove(os.path.join(dst, name))
+    cfg_file = os.path.join(dst, "tokenizer_config.json")
+    with open(cfg_file) as f:
+        cfg = json.load(f)
+    cfg.pop("chat_template", None)
+    with open(cfg_file, "w") as f:
+        json.dump(cfg, f)
+    system = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives "
+              "helpful, detailed, and polite answers to the human's questions.")
+    with pipeline(dst) as pipe:
+        fam = pipe.family
+        assert fam.chat_template.name == "llava-v1"
+        conv = to_conversation((TEXT, tm.make_image(3, size=(40, 40))))
+        assert fam.chat_template.render(conv, "<image>", add_generation_prompt=True) == \
+            f"{system} USER: <image>\n{TEXT} ASSISTANT:"
+        r = pipe((TEXT, tm.make_image(3, size=(40, 40))), gen_config=GenerationConfig(max_new_tokens=4,
+                                                                                      ignore_eos=True))
+        assert r.generate_token_len == 4
+
+
 def test_a_missing_vision_tower_names_what_to_do(tiny_llava, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub"))
     dst = write_original_layout(tiny_llava, str(tmp_path / "orig"), str(tmp_path / "other-hub"))
