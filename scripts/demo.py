@@ -14,8 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-QUESTIONS = ["How many shapes are there?", "What colour is the ring?", "What does the text say?",
-             "Describe this picture."]
+QUESTIONS = ["How many shapes are there?", "What colour is the ring?", "Is the star on the left or the right?",
+             "Which is bigger, the ring or the star?", "What shape is the orange object?"]
 
 
 def main() -> None:

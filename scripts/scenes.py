@@ -112,6 +112,20 @@ class Scene:
             text += f" with the {'number' if self.text.isdigit() else 'word'} {self.text}"
         return text
 
+    def side(self, o: Obj, axis: str) -> Optional[str]:
+        return self.side_x(o) if axis == "x" else self.side_y(o)
+
+    def overall_side(self, axis: str) -> str:
+        """The side the objects together lean to along ``axis`` (their area-weighted centre)."""
+        w = sum(o.r ** 2 for o in self.objects)
+        c = sum((o.cx if axis == "x" else o.cy) * o.r ** 2 for o in self.objects) / w
+        return ("left", "right")[c >= self.size / 2] if axis == "x" else ("top", "bottom")[c >= self.size / 2]
+
+    def position_question(self, o: Obj, axis: str, rng: random.Random) -> tuple[str, str]:
+        """Where ``o`` is along ``axis`` (which must be one where it has a side)."""
+        ref = o.shape if rng.random() < 0.5 else o.name
+        return rng.choice(QUESTIONS["position_" + axis]).format(ref=ref), self.side(o, axis)
+
     def side_x(self, o: Obj) -> Optional[str]:
         d = (o.cx - self.size / 2) / self.size
         return None if abs(d) < POSITION_MARGIN else ("left" if d < 0 else "right")
@@ -148,13 +162,11 @@ class Scene:
         if kind == "count":
             return pick(QUESTIONS["count"]), NUMBER_WORDS[len(self.objects)]
         if kind == "position":
-            options = [(o, axis, side) for o in ([obj] if obj else self.objects)
-                       for axis, side in (("x", self.side_x(o)), ("y", self.side_y(o))) if side]
+            options = [(o, axis) for o in ([obj] if obj else self.objects) for axis in "xy" if self.side(o, axis)]
             if not options:
                 return None
-            o, axis, side = pick(options)
-            ref = o.shape if rng.random() < 0.5 else o.name
-            return pick(QUESTIONS["position_" + axis]).format(ref=ref), side
+            o, axis = pick(options)
+            return self.position_question(o, axis, rng)
         if kind == "bigger":
             a, b = pick(self._bigger_pairs())
             if rng.random() < 0.5:
