@@ -513,7 +513,7 @@ def parse_args(argv=None):
     ap.add_argument("--vision-batch", type=int, default=32)
     ap.add_argument("--aux-weight", type=float, default=0.5, help="weight of the per-patch auxiliary losses")
     ap.add_argument("--log-every", type=int, default=50)
-    ap.add_argument("--eval-every", type=int, default=0, help="quick greedy eval every N steps (0: end only)")
+    ap.add_argument("--eval-every", type=int, default=400, help="quick greedy eval every N steps (0: end only)")
     ap.add_argument("--bench", type=int, default=0, help="only time N steps and exit")
     return ap.parse_args(argv)
 
