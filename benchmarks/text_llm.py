@@ -48,19 +48,23 @@ def prompts(n: int) -> list[str]:
     return [f"Request {i}: tell me a story about a red circle and a blue square" for i in range(n)]
 
 
-def child(engine: str, batch: int) -> dict:
+def child(engine: str, batch: int, device: str = "cpu") -> dict:
+    """One engine at one batch size; on ``cuda`` both engines run in bf16, on ``cpu`` in fp32."""
     import torch
 
     torch.set_num_threads(2)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     if engine == "seer":
         from seer import EngineConfig, GenerationConfig, pipeline
 
-        pipe = pipeline(MODEL, EngineConfig(max_batch_size=max(batch, 1), num_gpu_blocks=batch * 12 + 8),
+        pipe = pipeline(MODEL, EngineConfig(max_batch_size=max(batch, 1), num_gpu_blocks=batch * 12 + 8,
+                                            device=device, dtype=str(dtype).split(".")[1]),
                         chat_template_config=None)
         gen = GenerationConfig(max_new_tokens=NEW, ignore_eos=True)
         pipe("warm up", gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True))
         t = time.perf_counter()
         out = pipe(prompts(batch), gen_config=gen)
+        _sync(device)
         dt = time.perf_counter() - t
         assert all(r.generate_token_len == NEW for r in out)
     else:
@@ -68,35 +72,46 @@ def child(engine: str, batch: int) -> dict:
 
         tok = AutoTokenizer.from_pretrained(MODEL)
         tok.padding_side = "left"
-        model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32).eval()
+        model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=dtype).to(device).eval()
         texts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
                                          add_generation_prompt=True) for p in prompts(batch)]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
         kw = dict(do_sample=False, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=tok.pad_token_id)
         with torch.inference_mode():
-            model.generate(**tok(texts[:1], return_tensors="pt", add_special_tokens=False), do_sample=False,
-                           max_new_tokens=4, pad_token_id=tok.pad_token_id)
+            model.generate(**tok(texts[:1], return_tensors="pt", add_special_tokens=False).to(device),
+                           do_sample=False, max_new_tokens=4, pad_token_id=tok.pad_token_id)
+            _sync(device)
             t = time.perf_counter()
             model.generate(**enc, **kw)
+            _sync(device)
             dt = time.perf_counter() - t
     return {"engine": engine, "batch": batch, "seconds": dt, "tok_s": batch * NEW / dt}
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--engines", default="seer,transformers")
-    ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    ap.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16, both engines)")
+    ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md (cpu only)")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print("RESULT " + json.dumps(child(a.child[0], int(a.child[1]))))
+        print("RESULT " + json.dumps(child(a.child[0], int(a.child[1]), a.device)))
         return 0
     build()
     rows = []
     for b in [int(x) for x in a.batches.split(",")]:
         for eng in a.engines.split(","):
-            out = subprocess.run([sys.executable, __file__, "--child", eng, str(b)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--device", a.device, "--child", eng, str(b)],
+                                 capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
                 print(out.stderr[-3000:], file=sys.stderr)
@@ -104,7 +119,7 @@ def main(argv=None) -> int:
             r = json.loads(line[0][7:])
             rows.append(r)
             print(f"{eng:>12} batch {b:>3}: {r['tok_s']:7.1f} tok/s ({r['seconds']:.1f} s)", flush=True)
-    if a.write:
+    if a.write and a.device == "cpu":
         from offline import machine_info, write_section
 
         info = machine_info()

@@ -22,6 +22,21 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+# SEER_TEST_DTYPE=float32 on a CUDA machine: seer runs on the GPU in fp32 (not bf16), so the
+# greedy-parity tests still compare against transformers' fp32 forward on the CPU.
+if os.environ.get("SEER_TEST_DTYPE"):
+    import seer.models.base as _base
+
+    _resolve = _base.resolve_device
+
+    def _test_resolve(cfg):
+        device, dtype = _resolve(cfg)
+        return device, (_base._DTYPES[os.environ["SEER_TEST_DTYPE"]] if cfg.dtype == "auto" else dtype)
+
+    _base.resolve_device = _test_resolve
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
 try:  # "Writing model shards" / "Loading weights" bars
     from transformers.utils import logging as _hf_logging
 
