@@ -1,19 +1,26 @@
-# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv first.
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv first and install
+# the exact versions in requirements.lock (pyproject.toml keeps the ranges for `pip install seer`).
+# `make lock` re-resolves to the newest versions in those ranges and rewrites the lock;
+# `make test-latest` runs the suite on such a fresh resolve, in .venv-latest, without the lock.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU wheel of torch; on a CUDA machine use e.g. `make TORCH_SPEC=torch demo`.
+LATEST := .venv-latest
+LOCK := requirements.lock
+# The CPU wheel of torch (not in the lock: it is the one package chosen per machine);
+# on a CUDA machine use e.g. `make TORCH_SPEC=torch demo`.
 TORCH_SPEC ?= torch==2.13.0
+EXTRAS := .[test,ui]
 
-.PHONY: install chromium demo test bench clean
+.PHONY: install chromium demo test bench lock test-latest latest-venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --upgrade pip
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade -c $(LOCK) pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[test,ui]'
+	$(BIN)/python -m pip install -q -c $(LOCK) --build-constraint $(LOCK) -e '$(EXTRAS)'
 	touch $@
 
 install: $(VENV)/.installed
@@ -34,5 +41,22 @@ test: install chromium
 bench: install
 	$(BIN)/python benchmarks/offline.py
 
+# A fresh venv with the newest releases that pyproject.toml's ranges admit (torch stays TORCH_SPEC:
+# an unpinned torch would be a multi-GB CUDA build).
+latest-venv:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip setuptools wheel
+	$(LATEST)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	$(LATEST)/bin/python -m pip install -q "$(TORCH_SPEC)" -e '$(EXTRAS)'
+
+test-latest: latest-venv chromium
+	$(LATEST)/bin/python -m pytest -q tests
+
+lock: latest-venv
+	{ echo "# The versions make demo / make test install (pip constraints); rewritten by make lock."; \
+	  echo "# torch is not here: TORCH_SPEC in the Makefile picks it."; \
+	  $(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -viE '^(torch|seer)=='; } > $(LOCK)
+
 clean:
-	rm -rf $(VENV) .pytest_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .pytest_cache build *.egg-info

@@ -162,9 +162,19 @@ def test_sharded_checkpoint_missing_a_shard_names_it(tiny_llama, tmp_path):
         pipeline(folder)
 
 
-def test_vlm_without_preprocessor_config_names_the_file(tiny_llava, tmp_path):
-    folder = _copy_model(tiny_llava, tmp_path / "noproc", keep=lambda n: n != "preprocessor_config.json")
-    with pytest.raises(ValueError, match="preprocessor_config.json"):
+def test_vlm_image_processor_settings_in_either_file_and_neither_names_both(tiny_llava, tmp_path):
+    """tiny_llava ships both layouts; each alone loads and answers alike; neither is a ValueError."""
+    image = tm.make_image(3)
+    with pipeline(tiny_llava) as pipe:
+        want = pipe(("describe", image), gen_config=GEN).token_ids
+    for only in ("preprocessor_config.json", "processor_config.json"):
+        other = ({"preprocessor_config.json", "processor_config.json"} - {only}).pop()
+        folder = _copy_model(tiny_llava, tmp_path / only, keep=lambda n, other=other: n != other)
+        with pipeline(folder) as pipe:
+            assert pipe(("describe", image), gen_config=GEN).token_ids == want, only
+    folder = _copy_model(tiny_llava, tmp_path / "neither",
+                         keep=lambda n: n not in ("preprocessor_config.json", "processor_config.json"))
+    with pytest.raises(ValueError, match=r"neither preprocessor_config\.json nor .*processor_config\.json"):
         pipeline(folder)
 
 

@@ -244,22 +244,13 @@ def hf_processor(model_dir: str):
         return Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer, image_seq_len=seq_len,
                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
     from transformers.models.smolvlm import processing_smolvlm
-    from transformers.processing_utils import ProcessorMixin
 
     if processing_smolvlm.num2words is None:
         processing_smolvlm.num2words = str
-    original = ProcessorMixin.check_argument_for_proper_class
-
-    def lenient(self, name, arg):
-        return None if arg is None else original(self, name, arg)
-
-    ProcessorMixin.check_argument_for_proper_class = lenient
-    try:
+    with tm.empty_video_slot():
         return processing_smolvlm.SmolVLMProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                                    video_processor=None, image_seq_len=seq_len,
                                                    chat_template=SMOLVLM_CHAT_TEMPLATE)
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = original
 
 
 @functools.lru_cache(maxsize=None)

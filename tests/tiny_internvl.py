@@ -377,23 +377,14 @@ def hf_processor(model_dir: str, chat_template: Optional[str] = None):
     """transformers' ``InternVLProcessor`` for ``model_dir``, without a video processor (transformers'
     needs torchvision): the slot check is relaxed while building it."""
     from transformers import AutoImageProcessor, AutoTokenizer, InternVLProcessor
-    from transformers.processing_utils import ProcessorMixin
 
     with open(os.path.join(model_dir, "processor_config.json")) as f:
         seq = json.load(f)["image_seq_length"]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    original = ProcessorMixin.check_argument_for_proper_class
-
-    def lenient(self, name, arg):
-        return None if arg is None else original(self, name, arg)
-
-    ProcessorMixin.check_argument_for_proper_class = lenient
-    try:
+    with tm.empty_video_slot():
         return InternVLProcessor(image_processor=AutoImageProcessor.from_pretrained(model_dir), tokenizer=tok,
                                  video_processor=None, image_seq_length=seq,
                                  chat_template=chat_template or tok.chat_template)
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = original
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,6 +23,7 @@ stopped on one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -457,6 +458,40 @@ VISION_PATCH = 14
 IMAGE_TOKENS_PER_IMAGE = (VISION_IMAGE_SIZE // VISION_PATCH) ** 2  # 16 ("default" drops CLS)
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+@contextlib.contextmanager
+def empty_video_slot():
+    """Processors with a video slot (Qwen2-VL, InternVL, SmolVLM) need torchvision to fill it; while
+    this holds, the slot may be left ``None`` when one is built (``video_processor=None``)."""
+    from transformers.processing_utils import ProcessorMixin
+
+    original = ProcessorMixin.check_argument_for_proper_class
+
+    def lenient(self, name, arg):
+        return None if arg is None else original(self, name, arg)
+
+    ProcessorMixin.check_argument_for_proper_class = lenient
+    try:
+        yield
+    finally:
+        ProcessorMixin.check_argument_for_proper_class = original
+
+
+def save_processor(proc, path: str) -> None:
+    """``proc.save_pretrained(path)``, skipping the slots left empty (see ``empty_video_slot``): what
+    transformers writes, less the ``video_processor`` entry it cannot make without torchvision."""
+    cls = type(proc)
+    original = cls.__dict__.get("get_attributes")
+    filled = [a for a in cls.get_attributes() if getattr(proc, a, None) is not None]
+    cls.get_attributes = classmethod(lambda c: list(filled))
+    try:
+        proc.save_pretrained(path)
+    finally:
+        if original is None:
+            del cls.get_attributes
+        else:
+            cls.get_attributes = original
 
 
 def _image_processor():

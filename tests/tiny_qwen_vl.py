@@ -250,7 +250,6 @@ def hf_processor(model_dir: str):
     """transformers' ``Qwen2VLProcessor`` / ``Qwen2_5_VLProcessor`` for ``model_dir``, without a video
     processor (transformers' needs torchvision): the slot check is relaxed while building it."""
     from transformers import AutoImageProcessor, AutoTokenizer
-    from transformers.processing_utils import ProcessorMixin
 
     with open(os.path.join(model_dir, "config.json")) as f:
         kind = json.load(f)["model_type"]
@@ -258,18 +257,10 @@ def hf_processor(model_dir: str):
         from transformers import Qwen2VLProcessor as cls
     else:
         from transformers import Qwen2_5_VLProcessor as cls
-    original = ProcessorMixin.check_argument_for_proper_class
-
-    def lenient(self, name, arg):
-        return None if arg is None else original(self, name, arg)
-
-    ProcessorMixin.check_argument_for_proper_class = lenient
-    try:
+    with tm.empty_video_slot():
         return cls(image_processor=AutoImageProcessor.from_pretrained(model_dir),
                    tokenizer=AutoTokenizer.from_pretrained(model_dir), video_processor=None,
                    chat_template=QWEN2_VL_CHAT_TEMPLATE)
-    finally:
-        ProcessorMixin.check_argument_for_proper_class = original
 
 
 @functools.lru_cache(maxsize=None)

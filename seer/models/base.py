@@ -82,19 +82,46 @@ def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
         raise ValueError(f"could not read weights file {path}: {e}") from e
 
 
+# Where a folder keeps a processor's settings: its own file (checkpoints saved before transformers 5,
+# and most on the hub), or nested under a key of processor_config.json (transformers 5's save_pretrained).
+_PROCESSOR_FILES = {"image_processor": "preprocessor_config.json",
+                    "video_processor": "video_preprocessor_config.json"}
+
+
+def processor_settings(path: str, kind: str = "image_processor") -> Optional[dict]:
+    """The settings of the folder's ``kind`` processor (``image_processor`` or ``video_processor``)
+    from either layout, the separate file first, as transformers looks; None when neither has them.
+    An unreadable file is a ``ValueError`` naming it."""
+    for name, key in ((_PROCESSOR_FILES[kind], None), ("processor_config.json", kind)):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"could not read {file}: {e}; it must be a JSON object") from e
+        cfg = cfg.get(key) if key and isinstance(cfg, dict) else cfg
+        if isinstance(cfg, dict):
+            return cfg
+    return None
+
+
 def load_image_processor(path: str, cls=None):
-    """The image processor of a model folder (``cls``, else whichever its config names); a missing
-    or unreadable ``preprocessor_config.json`` is a ``ValueError`` that names the file."""
-    file = os.path.join(path, "preprocessor_config.json")
-    if not os.path.isfile(file):
-        raise ValueError(f"model folder {path!r} has no preprocessor_config.json, which says how its images "
-                         f"are preprocessed; copy it from the checkpoint you downloaded")
+    """The image processor of a model folder (``cls``, else whichever its config names), from
+    ``preprocessor_config.json`` or from ``processor_config.json``'s ``image_processor``; a folder
+    with neither, or a file transformers cannot load, is a ``ValueError`` that names the files."""
+    if processor_settings(path, "image_processor") is None:
+        raise ValueError(f"model folder {path!r} has no image-processor settings, which say how its images are "
+                         f"preprocessed: neither preprocessor_config.json nor an 'image_processor' entry in "
+                         f"processor_config.json; copy them from the checkpoint you downloaded")
     if cls is None:
         from transformers import AutoImageProcessor as cls
     try:
         return cls.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - any failure here is a bad file, reported as such
-        raise ValueError(f"could not load the image processor from {file}: {e}") from e
+        raise ValueError(f"could not load the image processor from {path!r} (preprocessor_config.json or "
+                         f"processor_config.json): {e}") from e
 
 
 def safetensors_files(path: str) -> list[str]:

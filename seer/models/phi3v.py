@@ -35,9 +35,7 @@ run; this module implements what it describes.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 
@@ -48,7 +46,7 @@ from PIL import Image
 from torch import nn
 
 from ..engine.request import PromptInputs
-from .base import ModelFamily
+from .base import ModelFamily, processor_settings
 from .llama import LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
@@ -341,14 +339,7 @@ class Phi3VFamily(ModelFamily):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        proc = {}
-        path = os.path.join(self.path, "preprocessor_config.json")
-        if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    proc = json.load(f)
-            except (OSError, ValueError) as e:
-                raise ValueError(f"could not read {path}: {e}") from e
+        proc = processor_settings(self.path, "image_processor") or {}
         self.num_crops = int(proc.get("num_crops", 4))
         self.image_mean = tuple(proc.get("image_mean") or OPENAI_CLIP_MEAN)
         self.image_std = tuple(proc.get("image_std") or OPENAI_CLIP_STD)

@@ -35,8 +35,6 @@ writes), plus ``lm_head.*``.
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Optional
 
 import torch
@@ -44,7 +42,7 @@ import torch
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from ..vl.video import video_hash
-from .base import ModelFamily, load_image_processor
+from .base import ModelFamily, load_image_processor, processor_settings
 from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
@@ -254,21 +252,11 @@ class Qwen2VLFamily(ModelFamily):
 def _video_bounds(path: str, image_bounds: tuple[int, int]) -> tuple[int, int]:
     """Default (min_pixels, max_pixels) of videos, found as transformers finds its video processor's:
     video_preprocessor_config.json, else processor_config.json's "video_processor", else the images'."""
-    for name, key in (("video_preprocessor_config.json", None), ("processor_config.json", "video_processor")):
-        file = os.path.join(path, name)
-        if not os.path.isfile(file):
-            continue
-        with open(file) as f:
-            cfg = json.load(f)
-        cfg = cfg.get(key) if key else cfg
-        if not isinstance(cfg, dict):
-            continue
-        size = cfg.get("size") or {}
-        lo = cfg.get("min_pixels") or size.get("shortest_edge")
-        hi = cfg.get("max_pixels") or size.get("longest_edge")
-        if lo and hi:
-            return int(lo), int(hi)
-    return image_bounds
+    cfg = processor_settings(path, "video_processor") or {}
+    size = cfg.get("size") or {}
+    lo = cfg.get("min_pixels") or size.get("shortest_edge")
+    hi = cfg.get("max_pixels") or size.get("longest_edge")
+    return (int(lo), int(hi)) if lo and hi else image_bounds
 
 
 def video_patches(frames: list, ip, bounds: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int, int]]:
