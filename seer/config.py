@@ -9,15 +9,40 @@ accepted, so a user can act on it. Names follow LMDeploy (``GenerationConfig``,
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 OUTPUT_LOGITS = (None, "generation")
+# Below this temperature sampling is greedy (as in vLLM): dividing logits by a subnormal
+# temperature overflows them to inf and the draw to NaN.
+GREEDY_TEMPERATURE = 1e-5
+# Bounds on what one request may ask the engine to check every step.
+MAX_STOP_WORDS = 64
+MAX_STOP_WORD_CHARS = 1024
+MAX_STOP_TOKEN_IDS = 256
+SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 def _check(ok: bool, name: str, value, accepted: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid: {accepted}")
+
+
+def _real(v) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _short(values, limit: int = 5):
+    """A long list shown by its first items and its length, for error messages."""
+    if isinstance(values, (list, tuple)) and len(values) > limit:
+        return f"[{', '.join(repr(v)[:40] for v in values[:limit])}, ... ({len(values)} items)]"
+    return values
 
 
 @dataclass
@@ -54,31 +79,39 @@ class GenerationConfig:
                "max_new_tokens", self.max_new_tokens, "an integer >= 1")
         _check(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,
                "min_new_tokens", self.min_new_tokens, "an integer >= 0")
-        _check(self.temperature >= 0, "temperature", self.temperature, "a number >= 0")
-        _check(0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
-        _check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k", self.top_k,
+        _check(_real(self.temperature) and 0 <= self.temperature <= 100, "temperature", self.temperature,
+               "a finite number in [0, 100] (0 means greedy)")
+        _check(_real(self.top_p) and 0 < self.top_p <= 1, "top_p", self.top_p, "a number in (0, 1]")
+        _check(_int(self.top_k) and self.top_k >= 0, "top_k", self.top_k,
                "an integer >= 0 (0 means no top-k cut)")
-        _check(0 <= self.min_p <= 1, "min_p", self.min_p, "a number in [0, 1]")
-        _check(self.repetition_penalty > 0, "repetition_penalty", self.repetition_penalty,
-               "a number > 0 (1.0 means none)")
-        _check(-2 <= self.presence_penalty <= 2, "presence_penalty", self.presence_penalty,
-               "a number in [-2, 2]")
-        _check(-2 <= self.frequency_penalty <= 2, "frequency_penalty", self.frequency_penalty,
-               "a number in [-2, 2]")
-        _check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+        _check(_real(self.min_p) and 0 <= self.min_p <= 1, "min_p", self.min_p, "a number in [0, 1]")
+        _check(_real(self.repetition_penalty) and 0.01 <= self.repetition_penalty <= 100, "repetition_penalty",
+               self.repetition_penalty, "a number in [0.01, 100] (1.0 means none)")
+        _check(_real(self.presence_penalty) and -2 <= self.presence_penalty <= 2, "presence_penalty",
+               self.presence_penalty, "a number in [-2, 2]")
+        _check(_real(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2, "frequency_penalty",
+               self.frequency_penalty, "a number in [-2, 2]")
+        _check(self.random_seed is None or (_int(self.random_seed)
+                                            and SEED_RANGE[0] <= self.random_seed <= SEED_RANGE[1]),
+               "random_seed", self.random_seed, "None or an integer in [-2**63, 2**64 - 1]")
+        _check(self.logprobs is None or (_int(self.logprobs) and 0 <= self.logprobs <= 20),
                "logprobs", self.logprobs, "None or an integer in [0, 20]")
         _check(self.output_logits in OUTPUT_LOGITS, "output_logits", self.output_logits,
                f"one of {OUTPUT_LOGITS}")
         if isinstance(self.stop_words, str):
             self.stop_words = [self.stop_words]
-        _check(self.stop_words is None or all(isinstance(s, str) and s for s in self.stop_words),
-               "stop_words", self.stop_words, "a list of non-empty strings")
-        _check(self.stop_token_ids is None or all(isinstance(t, int) for t in self.stop_token_ids),
-               "stop_token_ids", self.stop_token_ids, "a list of token ids (int)")
+        _check(self.stop_words is None or (len(self.stop_words) <= MAX_STOP_WORDS and all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_WORD_CHARS for s in self.stop_words)),
+               "stop_words", _short(self.stop_words),
+               f"at most {MAX_STOP_WORDS} non-empty strings of at most {MAX_STOP_WORD_CHARS} characters")
+        _check(self.stop_token_ids is None or (len(self.stop_token_ids) <= MAX_STOP_TOKEN_IDS and all(
+            _int(t) and t >= 0 for t in self.stop_token_ids)),
+               "stop_token_ids", _short(self.stop_token_ids),
+               f"at most {MAX_STOP_TOKEN_IDS} token ids (integers >= 0)")
 
     @property
     def greedy(self) -> bool:
-        return not self.do_sample or self.top_k == 1 or self.temperature == 0
+        return not self.do_sample or self.top_k == 1 or self.temperature < GREEDY_TEMPERATURE
 
     def replace(self, **changes) -> "GenerationConfig":
         return dataclasses.replace(self, **changes)

@@ -23,7 +23,7 @@ import torch
 
 from .config import EngineConfig, GenerationConfig, VisionConfig
 from .engine.request import PromptInputs
-from .messages import split_batch, to_conversation
+from .messages import check_text, split_batch, to_conversation
 from .pipeline import Pipeline
 from .vl import load_image
 
@@ -171,7 +171,9 @@ class LLM:
         if "prompt_token_ids" in prompt:
             ids = list(prompt["prompt_token_ids"])
         else:
-            ids = fam.tokenizer(prompt["prompt"], add_special_tokens=True)["input_ids"]
+            if not isinstance(prompt["prompt"], str):
+                raise ValueError(f"'prompt' must be a str, got {type(prompt['prompt']).__name__}")
+            ids = fam.tokenizer(check_text(prompt["prompt"], "prompt"), add_special_tokens=True)["input_ids"]
         images = _images_of(prompt.get("multi_modal_data") or {})
         self._check_images(len(images))
         if not images:

@@ -22,10 +22,10 @@ What must stay true:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from seer.config import check_max_tiles, check_pixel_bounds
-from seer.vl import load_image
+from seer.vl import MediaPolicy, load_image
 from seer.vl.video import load_video
 from seer.vl.constants import IMAGE_TOKEN
 
@@ -101,13 +101,24 @@ def _shape(obj) -> str:
     return f"a {type(obj).__name__}"
 
 
+def check_text(text: str, where: str = "text") -> str:
+    """``text`` if it can be encoded as UTF-8 (a lone surrogate such as '\\ud800' cannot, and
+    tokenizers fail on it); else a ``ValueError``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where} is not valid Unicode text: {e.reason} at character {e.start} "
+                         f"({text[e.start]!r}); send UTF-8 text") from None
+    return text
+
+
 def text_part(text: str) -> Part:
-    return {"type": "text", "text": text}
+    return {"type": "text", "text": check_text(text)}
 
 
-def image_part(image) -> Part:
-    """An image part; ``image`` is loaded unless it is a tensor of embeddings."""
-    return {"type": "image", "image": image if _is_tensor(image) else load_image(image)}
+def image_part(image, policy: Optional[MediaPolicy] = None) -> Part:
+    """An image part; ``image`` is loaded (within ``policy``) unless it is a tensor of embeddings."""
+    return {"type": "image", "image": image if _is_tensor(image) else load_image(image, policy)}
 
 
 def _image_list(images) -> list:
@@ -118,9 +129,9 @@ def _image_list(images) -> list:
     return [images]
 
 
-def _tuple_to_parts(text: str, images) -> list[Part]:
+def _tuple_to_parts(text: str, images, policy: Optional[MediaPolicy]) -> list[Part]:
     """Text with images: at the IMAGE_TOKEN positions if any, otherwise images first."""
-    images = [image_part(img) for img in _image_list(images)]
+    images = [image_part(img, policy) for img in _image_list(images)]
     n_tokens = text.count(IMAGE_TOKEN)
     if n_tokens == 0:
         return images + [text_part(text)]
@@ -153,7 +164,7 @@ def _image_source(part: dict, kind: str) -> Any:
     return None
 
 
-def _convert_part(part, role: str, where: str) -> Part:
+def _convert_part(part, role: str, where: str, policy: Optional[MediaPolicy]) -> Part:
     if isinstance(part, str):
         return text_part(part)
     if not isinstance(part, dict) or "type" not in part:
@@ -165,7 +176,7 @@ def _convert_part(part, role: str, where: str) -> Part:
             raise ValueError(f"{where}: a text part needs 'text' as a str, got {part.get('text')!r:.80}")
         return text_part(part["text"])
     if kind in ("video", "video_url"):
-        return _convert_video_part(part, kind, role, where)
+        return _convert_video_part(part, kind, role, where, policy)
     if kind not in ("image", "image_url", "image_data", "image_embeds"):
         raise ValueError(f"{where}: unknown content part type {kind!r}; accepted parts: {PART_TYPES}")
     if role != "user":
@@ -175,10 +186,10 @@ def _convert_part(part, role: str, where: str) -> Part:
         raise ValueError(f"{where}: the {kind!r} part carries no image; accepted parts: {PART_TYPES}")
     if kind == "image_embeds" and not _is_tensor(source):
         raise ValueError(f"{where}: 'image_embeds' must be a torch.Tensor, got {type(source).__name__}")
-    return {**image_part(source), **_image_options(part, kind, where)}
+    return {**image_part(source, policy), **_image_options(part, kind, where)}
 
 
-def _convert_video_part(part: dict, kind: str, role: str, where: str) -> Part:
+def _convert_video_part(part: dict, kind: str, role: str, where: str, policy: Optional[MediaPolicy]) -> Part:
     """``{"type": "video", "video": Video, ...options}``; the frames are loaded (files decoded) here."""
     if role != "user":
         raise ValueError(f"{where}: videos are only accepted in user messages, found one in a {role!r} message")
@@ -188,7 +199,7 @@ def _convert_video_part(part: dict, kind: str, role: str, where: str) -> Part:
     if source is None:
         raise ValueError(f"{where}: the {kind!r} part carries no video; accepted parts: {PART_TYPES}")
     options = {k: part[k] if part.get(k) is not None else inner.get(k) for k in ("fps", "nframes")}
-    video = load_video(source, **options)
+    video = load_video(source, **options, policy=policy)
     return {"type": "video", "video": video, **_image_options(part, kind, where)}
 
 
@@ -206,7 +217,7 @@ def _image_options(part: dict, kind: str, where: str) -> dict:
     return {k: v for k, v in found.items() if v is not None}
 
 
-def _convert_message(message: dict, index: int) -> Message:
+def _convert_message(message: dict, index: int, policy: Optional[MediaPolicy]) -> Message:
     where = f"message #{index}"
     role = message.get("role")
     if role not in ROLES:
@@ -215,19 +226,20 @@ def _convert_message(message: dict, index: int) -> Message:
     if isinstance(content, str):
         return {"role": role, "content": [text_part(content)]}
     if isinstance(content, (list, tuple)):
-        return {"role": role, "content": [_convert_part(p, role, where) for p in content]}
+        return {"role": role, "content": [_convert_part(p, role, where, policy) for p in content]}
     raise ValueError(f"{where} ({role}): 'content' must be a str or a list of parts, "
                      f"got {type(content).__name__}; accepted parts: {PART_TYPES}")
 
 
-def to_conversation(prompt) -> Conversation:
-    """Convert one single prompt (see ``split_batch``) to a ``Conversation``."""
+def to_conversation(prompt, policy: Optional[MediaPolicy] = None) -> Conversation:
+    """Convert one single prompt (see ``split_batch``) to a ``Conversation``; images and videos
+    load within ``policy`` (default: any local file, default bounds; see ``seer.vl.sources``)."""
     if isinstance(prompt, str):
         return [{"role": "user", "content": [text_part(prompt)]}]
     if isinstance(prompt, tuple) and len(prompt) == 2 and isinstance(prompt[0], str):
-        return [{"role": "user", "content": _tuple_to_parts(prompt[0], prompt[1])}]
+        return [{"role": "user", "content": _tuple_to_parts(prompt[0], prompt[1], policy)}]
     if _is_message_list(prompt):
-        return [_convert_message(m, i) for i, m in enumerate(prompt)]
+        return [_convert_message(m, i, policy) for i, m in enumerate(prompt)]
     raise ValueError(f"unsupported prompt shape ({_shape(prompt)}); accepted: {PROMPT_SHAPES}")
 
 

@@ -66,6 +66,28 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(pipe, monkeypa
     assert good.finish_reason == "length" and good.generate_token_len == 4
 
 
+def test_a_row_whose_sampling_fails_fails_alone(pipe):
+    """A request whose settings break the draw at run time (here a NaN temperature set past the
+    config's checks) ends with an error; the requests batched with it keep their exact tokens."""
+    gen = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    prompts = ["the first innocent prompt", "a second one", "and a third"]
+    alone = [r.token_ids for r in pipe(prompts, gen_config=gen)]
+    bad = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=1.0, random_seed=1)
+    bad.temperature = float("nan")
+    subs = [_submit(pipe, p, g) for p, g in zip(["the bad one"] + prompts, [bad] + [gen] * 3)]
+    outs = [_drain(q) for _, q in subs]
+    assert outs[0][-1].finish_reason == "error" and "sampling failed" in outs[0][-1].error
+    assert [[t for o in out for t in o.new_token_ids] for out in outs[1:]] == alone
+    assert all(out[-1].finish_reason == "length" for out in outs[1:])
+
+
+def test_stop_token_ids_past_the_vocabulary_are_harmless(pipe):
+    gen = GenerationConfig(max_new_tokens=5, ignore_eos=True)
+    want = pipe("hello", gen_config=gen).token_ids
+    got = pipe("hello", gen_config=gen.replace(min_new_tokens=3, stop_token_ids=[10**9]))
+    assert got.finish_reason == "length" and got.token_ids == want
+
+
 def test_close_aborts_waiters(tiny_llava):
     p = pipeline(tiny_llava)
     rid, q = _submit(p, "a long story please", LONG)

@@ -195,11 +195,47 @@ def test_unknown_chat_template_name_lists_the_known_ones(tiny_llama):
     ("repetition_penalty", 0.0), ("presence_penalty", 3.0), ("frequency_penalty", -3.0),
     ("logprobs", -1), ("logprobs", 1000), ("output_logits", "all"), ("stop_words", [""]),
     ("stop_words", [3]), ("stop_token_ids", ["</s>"]), ("n", 2),
+    # values that once reached the sampler and failed a whole batch
+    ("temperature", float("inf")), ("temperature", float("nan")), ("temperature", 1e9),
+    ("repetition_penalty", 5e-324), ("repetition_penalty", float("inf")), ("top_p", float("nan")),
+    ("min_p", float("nan")), ("presence_penalty", float("nan")), ("random_seed", 2**64),
+    ("random_seed", -2**63 - 1), ("random_seed", 1.5), ("stop_token_ids", [-1]), ("stop_token_ids", [True]),
+    ("stop_words", ["x" * 1025]), ("temperature", True),
 ])
 def test_invalid_generation_config(field, value):
     with pytest.raises(ValueError) as e:
         GenerationConfig(**{field: value})
-    assert field in str(e.value) and repr(value) in str(e.value)
+    assert field in str(e.value) and repr(value)[:40] in str(e.value)
+
+
+def test_long_stop_lists_are_refused_and_named_briefly():
+    with pytest.raises(ValueError) as e:
+        GenerationConfig(stop_words=[f"w{i}" for i in range(100_000)])
+    assert "at most 64" in str(e.value) and "(100000 items)" in str(e.value) and len(str(e.value)) < 400
+    with pytest.raises(ValueError, match="at most 256"):
+        GenerationConfig(stop_token_ids=list(range(257)))
+
+
+def test_a_lone_surrogate_is_a_value_error_and_fails_only_its_prompt(text_pipe, tiny_llama):
+    from seer import LLM
+
+    with pytest.raises(ValueError, match="not valid Unicode"):
+        text_pipe("bad \ud800 text", gen_config=GEN)
+    out = text_pipe(["fine", [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}], "also fine"],
+                    gen_config=GEN)
+    assert [r.finish_reason for r in out] == ["length", "error", "length"] and "Unicode" in out[1].error
+    llm = LLM(tiny_llama)
+    try:
+        with pytest.raises(ValueError, match="not valid Unicode"):
+            llm.generate({"prompt": "x\ud800"})
+    finally:
+        llm.close()
+
+
+def test_a_subnormal_temperature_is_greedy(text_pipe):
+    gen = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    tiny = gen.replace(do_sample=True, temperature=1e-45, random_seed=3)
+    assert tiny.greedy and text_pipe("hello", gen_config=tiny).token_ids == text_pipe("hello", gen_config=gen).token_ids
 
 
 @pytest.mark.parametrize("field,value", [

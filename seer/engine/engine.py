@@ -157,6 +157,10 @@ class Engine:
 
     def _update(self, result: StepResult, sampled) -> None:
         for i, seq in enumerate(result.seqs):
+            if sampled.errors and sampled.errors[i]:
+                seq.error = sampled.errors[i]
+                self._finish(seq, "error")
+                continue
             tok = sampled.token_ids[i]
             seq.token_ids.append(tok)
             self.stats["generation_tokens"] += 1

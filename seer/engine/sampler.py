@@ -5,6 +5,9 @@ settings and its own random generator (seeded from ``random_seed``), never on th
 other rows of the batch. The all-greedy batch without penalties or logprobs, the
 common case, is one ``argmax``.
 
+A row whose settings fail at run time fails alone: its ``errors`` entry says why and
+the engine ends that request with an error; the other rows keep their tokens.
+
 Order of processing, as in transformers: penalties and the min-new-tokens EOS mask
 on the raw logits; then greedy argmax, or temperature, top-k, top-p and min-p
 followed by a draw. Reported logprobs are those of the raw model distribution.
@@ -23,8 +26,9 @@ from .request import Sequence
 
 @dataclass
 class SampleResult:
-    token_ids: list[int]
+    token_ids: list[int]  # -1 where the row failed
     logprobs: list[Optional[dict[int, float]]]  # per row; None where not asked for
+    errors: Optional[list[Optional[str]]] = None  # per row, when some row failed: why
 
 
 def _needs_processing(seq: Sequence, eos_ids: frozenset) -> bool:
@@ -46,6 +50,7 @@ def _apply_penalties(row: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> to
         row -= g.frequency_penalty * counts + g.presence_penalty * (counts > 0).to(row.dtype)
     if g.min_new_tokens > seq.num_output_tokens:
         banned = set(g.stop_token_ids or ()) | (set() if g.ignore_eos else set(eos_ids))
+        banned = {t for t in banned if t < row.numel()}  # ids past the vocabulary are never drawn anyway
         if banned:
             row[torch.tensor(sorted(banned), device=row.device)] = float("-inf")
     return row
@@ -87,11 +92,18 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> Sa
     simple = all(s.gen.greedy and s.gen.logprobs is None and not _needs_processing(s, eos_ids) for s in seqs)
     if simple:
         return SampleResult(logits.argmax(dim=-1).tolist(), [None] * len(seqs))
-    tokens, logprobs = [], []
+    tokens, logprobs, errors = [], [], [None] * len(seqs)
     for i, seq in enumerate(seqs):
-        raw = logits[i]
-        row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
-        tok = int(row.argmax()) if seq.gen.greedy else _draw(row, seq)
+        try:
+            tok, lp = _sample_row(logits[i], seq, eos_ids)
+        except Exception as e:  # noqa: BLE001 - this row's request fails, not the batch
+            tok, lp, errors[i] = -1, None, f"sampling failed: {type(e).__name__}: {e}"
         tokens.append(tok)
-        logprobs.append(None if seq.gen.logprobs is None else _top_logprobs(raw, tok, seq.gen.logprobs))
-    return SampleResult(tokens, logprobs)
+        logprobs.append(lp)
+    return SampleResult(tokens, logprobs, errors if any(errors) else None)
+
+
+def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> tuple[int, Optional[dict[int, float]]]:
+    row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
+    tok = int(row.argmax()) if seq.gen.greedy else _draw(row, seq)
+    return tok, None if seq.gen.logprobs is None else _top_logprobs(raw, tok, seq.gen.logprobs)

@@ -15,47 +15,17 @@ import base64
 import binascii
 import hashlib
 import io
-import os
 import pathlib
-import socket
-import urllib.error
-import urllib.request
+from typing import Optional
 
 from PIL import Image, UnidentifiedImageError
 
-from seer.vl.constants import (DEFAULT_IMAGE_FETCH_TIMEOUT, IMAGE_FETCH_TIMEOUT_ENV,
-                               IMAGE_FETCH_USER_AGENT, IMAGE_TOKEN)
+from seer.vl.constants import IMAGE_TOKEN
+from seer.vl.sources import ImageLoadError, MediaPolicy, _describe, fetch_timeout
 
 ACCEPTED_SOURCES = ("a PIL.Image.Image, a file path (str or pathlib.Path), an http(s):// URL, "
                     "a data:image/...;base64,... URI, or raw image bytes")
-
-
-class ImageLoadError(ValueError):
-    """An image source could not be turned into a decoded RGB image."""
-
-
-def _describe(src, limit: int = 80) -> str:
-    """Short printable name of a source; long strings (data URIs) are truncated."""
-    if isinstance(src, (bytes, bytearray, memoryview)):
-        return f"<{len(src)} bytes>"
-    text = str(src)
-    if len(text) > limit:
-        return f"{text[:limit - 20]}...({len(text)} chars)"
-    return text
-
-
-def fetch_timeout() -> float:
-    """Seconds to wait on an http(s) image, from ``SEER_IMAGE_FETCH_TIMEOUT`` (default 10)."""
-    raw = os.environ.get(IMAGE_FETCH_TIMEOUT_ENV)
-    if raw is None or raw.strip() == "":
-        return DEFAULT_IMAGE_FETCH_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise ValueError(f"{IMAGE_FETCH_TIMEOUT_ENV}={raw!r} is invalid: a number of seconds > 0")
-    return value
+DEFAULT_POLICY = MediaPolicy()
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -69,55 +39,29 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _decode(data: bytes, name: str) -> Image.Image:
-    """Decode encoded image bytes completely, so truncation or corruption fails here."""
+def _decode(data: bytes, name: str, policy: MediaPolicy) -> Image.Image:
+    """Decode encoded image bytes completely, so truncation or corruption fails here; the size
+    in the header is checked against ``policy.max_pixels`` before any pixel is decoded."""
     if not data:
         raise ImageLoadError(f"image {name}: no data (0 bytes)")
+    if len(data) > policy.max_bytes:
+        raise ImageLoadError(f"image {name}: {len(data)} bytes, over the limit of {policy.max_bytes} bytes")
     try:
         img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        if w * h > policy.max_pixels:
+            raise ImageLoadError(f"image {name}: {w}x{h} pixels, over the limit of {policy.max_pixels} pixels")
         img.load()
     except UnidentifiedImageError:
         raise ImageLoadError(f"image {name}: not a recognised image format "
                              f"({len(data)} bytes; expected PNG, JPEG, WebP, GIF, BMP, ...)") from None
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"image {name}: too large to decode safely ({exc})") from None
+    except ImageLoadError:
+        raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(f"image {name}: corrupt or truncated image data ({exc})") from None
     return _to_rgb(img)
-
-
-def _read_file(path: pathlib.Path) -> bytes:
-    if not path.exists():
-        raise ImageLoadError(f"image file {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ImageLoadError(f"image path {str(path)!r} is not a regular file")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ImageLoadError(f"image file {str(path)!r} could not be read: {exc}") from None
-
-
-def _fetch(url: str) -> bytes:
-    """GET ``url`` with a User-Agent and the configured timeout; HTTP errors raise."""
-    timeout = fetch_timeout()
-    request = urllib.request.Request(url, headers={"User-Agent": IMAGE_FETCH_USER_AGENT})
-    name = _describe(url)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.read()
-    except urllib.error.HTTPError as exc:
-        exc.close()  # it holds the open response
-        raise ImageLoadError(f"image URL {name}: HTTP error {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-            raise ImageLoadError(f"image URL {name}: timed out after {timeout:g}s "
-                                 f"(set {IMAGE_FETCH_TIMEOUT_ENV} to change)") from None
-        raise ImageLoadError(f"image URL {name}: unreachable ({exc.reason})") from None
-    except (socket.timeout, TimeoutError):
-        raise ImageLoadError(f"image URL {name}: timed out after {timeout:g}s "
-                             f"(set {IMAGE_FETCH_TIMEOUT_ENV} to change)") from None
-    except (OSError, ValueError) as exc:
-        raise ImageLoadError(f"image URL {name}: fetch failed ({exc})") from None
 
 
 def _decode_data_uri(uri: str) -> bytes:
@@ -133,28 +77,28 @@ def _decode_data_uri(uri: str) -> bytes:
         raise ImageLoadError(f"image data URI {name}: invalid base64 ({exc})") from None
 
 
-def _load_str(src: str) -> Image.Image:
+def _load_str(src: str, policy: MediaPolicy) -> Image.Image:
     text = src.strip()
     lowered = text[:16].lower()
     if lowered.startswith(("http://", "https://")):
-        return _decode(_fetch(text), f"URL {_describe(text)}")
+        return _decode(policy.fetch(text), f"URL {_describe(text)}", policy)
     if lowered.startswith("data:"):
-        return _decode(_decode_data_uri(text), f"data URI {_describe(text)}")
-    if lowered.startswith("file://"):
-        text = urllib.request.url2pathname(text[len("file://"):])
+        return _decode(_decode_data_uri(text), f"data URI {_describe(text)}", policy)
     if not text:
         raise ImageLoadError(f"image source is an empty string; accepted: {ACCEPTED_SOURCES}")
-    return _decode(_read_file(pathlib.Path(text)), f"file {text!r}")
+    return _decode(policy.read_file(src), f"file {_describe(src)}", policy)
 
 
-def load_image(src) -> Image.Image:
+def load_image(src, policy: Optional[MediaPolicy] = None) -> Image.Image:
     """Load ``src`` as a fully decoded RGB ``PIL.Image.Image``.
 
     ``src`` may be a PIL image, a file path (``str``/``pathlib.Path``, also
     ``file://``), an ``http(s)://`` URL (timeout from ``SEER_IMAGE_FETCH_TIMEOUT``),
-    a ``data:image/...;base64,...`` URI, or raw encoded bytes. Any failure raises
-    ``ImageLoadError`` (a ``ValueError``).
+    a ``data:image/...;base64,...`` URI, or raw encoded bytes. ``policy`` (default: any
+    local file, default bounds) says which local files may be read and what a source may
+    cost. Any failure raises ``ImageLoadError`` (a ``ValueError``).
     """
+    policy = policy or DEFAULT_POLICY
     if isinstance(src, Image.Image):
         try:
             src.load()
@@ -162,11 +106,11 @@ def load_image(src) -> Image.Image:
             raise ImageLoadError(f"PIL image could not be decoded: {exc}") from None
         return _to_rgb(src)
     if isinstance(src, pathlib.PurePath):
-        return _decode(_read_file(pathlib.Path(src)), f"file {str(src)!r}")
+        return _decode(policy.read_file(src), f"file {str(src)!r}", policy)
     if isinstance(src, str):
-        return _load_str(src)
+        return _load_str(src, policy)
     if isinstance(src, (bytes, bytearray, memoryview)):
-        return _decode(bytes(src), _describe(src))
+        return _decode(bytes(src), _describe(src), policy)
     raise ImageLoadError(f"unsupported image source of type {type(src).__name__}; "
                          f"accepted: {ACCEPTED_SOURCES}")
 
@@ -181,4 +125,4 @@ def image_hash(img: Image.Image) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["IMAGE_TOKEN", "ImageLoadError", "load_image", "image_hash", "fetch_timeout"]
+__all__ = ["IMAGE_TOKEN", "ImageLoadError", "MediaPolicy", "load_image", "image_hash", "fetch_timeout"]

@@ -17,11 +17,10 @@ import hashlib
 import io
 import math
 import pathlib
-import urllib.request
 from dataclasses import dataclass
 from typing import Optional
 
-from seer.vl import ImageLoadError, _describe, _fetch, image_hash, load_image
+from seer.vl import DEFAULT_POLICY, ImageLoadError, MediaPolicy, _describe, image_hash, load_image
 
 ACCEPTED_VIDEO_SOURCES = ("a list of frames (each a PIL image or any image source), a video file path, "
                           "a file:// or http(s):// URL, or the file's bytes")
@@ -59,47 +58,42 @@ def sample_indices(total: int, video_fps: float, fps: Optional[float] = None,
     return torch.linspace(0, total - 1, min(n, total)).round().long().tolist()
 
 
-def _open_source(src):
-    """A function giving, on each call, a path or a fresh file object PyAV can open; and a printable name."""
+def _open_source(src, policy: MediaPolicy):
+    """The encoded bytes of a file, URL or bytes source, within ``policy``; and a printable name."""
     if isinstance(src, (bytes, bytearray, memoryview)):
-        data = bytes(src)
-        return lambda: io.BytesIO(data), _describe(src)
-    if isinstance(src, pathlib.PurePath):
-        src = str(src)
-    text = src.strip()
-    name = _describe(text)
-    if text[:8].lower().startswith(("http://", "https://")):
-        try:
-            data = _fetch(text)
-        except ImageLoadError as e:
-            raise VideoLoadError(str(e).replace("image URL", "video URL")) from None
-        return lambda: io.BytesIO(data), name
-    if text[:7].lower() == "file://":
-        text = urllib.request.url2pathname(text[len("file://"):])
-    path = pathlib.Path(text)
-    if not path.is_file():
-        raise VideoLoadError(f"video file {text!r} does not exist or is not a regular file")
-    return lambda: str(path), name
+        if len(src) > policy.max_bytes:
+            raise VideoLoadError(f"video {_describe(src)}: over the limit of {policy.max_bytes} bytes")
+        return bytes(src), _describe(src)
+    text = str(src).strip()
+    try:
+        if text[:8].lower().startswith(("http://", "https://")):
+            return policy.fetch(text, "video"), _describe(text)
+        return policy.read_file(src, "video"), _describe(src)
+    except ImageLoadError as e:
+        raise VideoLoadError(str(e)) from None
 
 
-def _decode_file(src, fps: Optional[float], nframes: Optional[int]) -> Video:
+def _decode_file(src, fps: Optional[float], nframes: Optional[int], policy: MediaPolicy) -> Video:
     try:
         import av
     except ImportError:
         raise VideoLoadError("decoding a video file needs PyAV: pip install av (or seer[video]); "
                              "or pass the video as a list of frames") from None
-    opener, name = _open_source(src)
+    data, name = _open_source(src, policy)
     frames = {}
     try:
-        with av.open(opener()) as container:
+        with av.open(io.BytesIO(data)) as container:
             stream = container.streams.video[0]
+            w, h = stream.codec_context.width, stream.codec_context.height
+            if w * h > policy.max_pixels:
+                raise VideoLoadError(f"video {name}: {w}x{h} frames, over the limit of {policy.max_pixels} pixels")
             video_fps = float(stream.average_rate or stream.base_rate or 24)
             total = stream.frames or sum(1 for _ in container.decode(stream))
         if not total:
             raise VideoLoadError(f"video {name}: it has no frames")
         keep = sample_indices(total, video_fps, fps, nframes)
         wanted = set(keep)
-        with av.open(opener()) as container:
+        with av.open(io.BytesIO(data)) as container:
             for i, frame in enumerate(container.decode(container.streams.video[0])):
                 if i in wanted:
                     frames[i] = frame.to_image().convert("RGB")
@@ -116,9 +110,12 @@ def _decode_file(src, fps: Optional[float], nframes: Optional[int]) -> Video:
     return Video([frames.get(i, last) for i in keep], len(keep) / total * video_fps)
 
 
-def load_video(src, fps: Optional[float] = None, nframes: Optional[int] = None) -> Video:
+def load_video(src, fps: Optional[float] = None, nframes: Optional[int] = None,
+               policy: Optional[MediaPolicy] = None) -> Video:
     """``src`` as a ``Video``: a list of frames (``fps``: the rate they were taken at) or a file,
-    sampled at ``fps`` frames per second (default 2) or to ``nframes`` frames."""
+    sampled at ``fps`` frames per second (default 2) or to ``nframes`` frames; ``policy`` as
+    for ``load_image``."""
+    policy = policy or DEFAULT_POLICY
     if isinstance(src, Video):
         return src
     for name, v in (("fps", fps), ("nframes", nframes)):
@@ -128,7 +125,7 @@ def load_video(src, fps: Optional[float] = None, nframes: Optional[int] = None) 
         if not src:
             raise VideoLoadError("a video given as a list of frames needs at least one frame")
         try:
-            frames = [load_image(f) for f in src]
+            frames = [load_image(f, policy) for f in src]
         except ImageLoadError as e:
             raise VideoLoadError(f"a frame of the video could not be loaded: {e}") from None
         sizes = {f.size for f in frames}
@@ -136,7 +133,7 @@ def load_video(src, fps: Optional[float] = None, nframes: Optional[int] = None) 
             raise VideoLoadError(f"the frames of a video must all have one size, got {sorted(sizes)}")
         return Video(frames, float(fps) if fps is not None else None)
     if isinstance(src, (str, pathlib.PurePath, bytes, bytearray, memoryview)):
-        return _decode_file(src, fps, nframes)
+        return _decode_file(src, fps, nframes, policy)
     raise VideoLoadError(f"unsupported video source of type {type(src).__name__}; accepted: {ACCEPTED_VIDEO_SOURCES}")
 
 
