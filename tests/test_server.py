@@ -367,7 +367,7 @@ def test_local_files_only_under_the_allowed_folder(strict_server, tiny_llava):
     assert ok.status_code == 200, ok.text
     outside = _post(strict_server, _chat(model=tiny_llava, messages=_user("x", "file:///etc/hostname")),
                     headers=auth)
-    assert outside.status_code == 400 and "outside" in outside.json()["error"]["message"]
+    assert outside.status_code == 400 and "only below" in outside.json()["error"]["message"]
 
 
 def test_past_the_queue_bound_requests_get_503(strict_server, tiny_llava):

@@ -10,8 +10,14 @@ loop through ``call_soon_threadsafe`` -> SSE chunks or one JSON body.
 
 What must stay true:
 - Client errors are 4xx with an OpenAI-style body (``{"error": {...}}``); a 500 is a bug.
+- The API key and the body size are checked on the headers before any body byte is read
+  (``http_edge.Gate``); a bad field is a 400 naming it; the OpenAPI schema says so.
+- No local file is read unless ``--allowed-local-media-path`` names its folder; images and
+  videos are loaded within ``self.media`` (``seer.vl.sources.MediaPolicy``: deadline, bytes,
+  pixels), by worker threads of their own, so a slow host stalls only its own request.
 - A client that goes away aborts its engine requests (their KV blocks are freed).
-- Past ``max_queued_requests`` requests waiting, new ones get 503 with Retry-After.
+- Past ``max_queued_requests`` sequences waiting (choices x prompts, counted from the moment
+  a request is accepted, media fetching included), new requests get 503 with Retry-After.
 - The model loads in the background: ``/health`` is 503 until it is ready, and again
   if the engine dies. SIGTERM stops accepting, lets in-flight requests finish within
   ``--shutdown-timeout`` seconds, and exits 0.
@@ -23,14 +29,14 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Optional
+from typing import AsyncIterator, Optional
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -39,16 +45,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..config import ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig
 from ..engine.request import PromptInputs, RequestOutput
+from ..messages import check_text
+from ..vl.constants import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES
+from ..vl.sources import MediaPolicy
 from .metrics import ServerMetrics
-from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk,
-                              chat_logprobs, chat_response, completion_logprobs, completion_response,
-                              error_body, new_id, usage)
+from .http_edge import (DEFAULT_MAX_BODY, POST_RESPONSES, Gate, declare_errors, describe_validation, first_loc,
+                        http_protocol, responses)
+from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_logprobs,
+                              chat_response, completion_logprobs, completion_response, error_body, new_id, sse,
+                              usage)
 
 log = logging.getLogger("seer.serve")
 
 DEFAULT_PORT = 23333
 DEFAULT_MAX_QUEUED = 1024
-REMOTE_SCHEMES = ("http://", "https://", "data:")
+DEFAULT_MAX_CONNECTIONS = 512  # open connections (--max-connections): with FD_RESERVE, under 1024 fds
+DEFAULT_KEEP_ALIVE = 5.0  # seconds an idle keep-alive connection stays open (--keep-alive-timeout)
+DEFAULT_HEADER_TIMEOUT = 10.0  # seconds a request's headers may take to arrive (--header-timeout)
+FD_RESERVE = 64  # file descriptors kept for the process itself (model files, image fetches, logs)
+MEDIA_WORKERS = 16  # threads preparing requests whose media must be fetched or read
 
 
 class ServerCore:
@@ -57,7 +72,8 @@ class ServerCore:
     def __init__(self, model_path: str, model_name: Optional[str] = None,
                  engine_config: Optional[EngineConfig] = None, vision_config: Optional[VisionConfig] = None,
                  chat_template_config: Optional[ChatTemplateConfig] = None, api_keys=None,
-                 limits: Optional[dict] = None, allowed_local_media_path: Optional[str] = None):
+                 limits: Optional[dict] = None, allowed_local_media_path: Optional[str] = None,
+                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
         self.model_path = model_path
         self.model_name = model_name or model_path
         self.engine_config = engine_config or EngineConfig()
@@ -65,13 +81,15 @@ class ServerCore:
         self.chat_template_config = chat_template_config
         self.api_keys = set(api_keys or ())
         self.limits = dict(limits or {})  # modality ("image", "video") -> max per prompt
-        self.local_media = os.path.realpath(allowed_local_media_path) if allowed_local_media_path else None
+        # No local file is read unless the operator named a folder; then only below it.
+        self.media = MediaPolicy(allowed_local_media_path or None, max_media_bytes, max_image_pixels)
+        self.media_limiter = None  # made on the event loop, on first use
         q = self.engine_config.max_queued_requests
         self.max_queued = DEFAULT_MAX_QUEUED if q is None else q
         self.pipe = None
         self.load_error: Optional[str] = None
         self.active = 0  # HTTP requests accepted and not finished
-        self.queued = 0  # ...of which no choice has produced a token yet (preparing or waiting)
+        self.queued = 0  # sequences of those requests that have produced no token yet (preparing or waiting)
         self.metrics = ServerMetrics(self)
         self.created = int(time.time())
 
@@ -118,14 +136,16 @@ class ServerCore:
             raise BadRequest(f"the model {name!r} does not exist; this server serves {self.model_name!r}",
                              404, param="model", type_="not_found_error")
 
-    def check_queue(self) -> None:
-        if self.queued >= self.max_queued:
-            raise BadRequest(f"too many requests are waiting ({self.max_queued}); retry later", 503,
-                             type_="server_error", headers={"Retry-After": "1"})
+    def check_queue(self, sequences: int = 1) -> None:
+        """Sequences (choices of prompts), not HTTP requests, count against the bound."""
+        if self.queued + sequences > self.max_queued:
+            raise BadRequest(f"too many sequences are waiting ({self.queued} of at most {self.max_queued}; this "
+                             f"request adds {sequences}); retry later", 503, type_="server_error",
+                             headers={"Retry-After": "1"})
 
-    def check_media(self, messages: list) -> None:
-        """Image and video sources must be remote (http(s) or data:) unless local files are
-        allowed, and their number within the per-prompt limits."""
+    def check_media(self, messages: list) -> int:
+        """The number of images and videos, checked against the per-prompt limits. Which sources may
+        be read, and what each may cost, the loader checks (``self.media``) on the value it uses."""
         counts = {"image": 0, "video": 0}
         for m in messages:
             content = m.get("content") if isinstance(m, dict) else None
@@ -133,43 +153,37 @@ class ServerCore:
                 continue
             for part in content:
                 kind = part.get("type") if isinstance(part, dict) else None
-                if kind not in ("image_url", "image", "video_url", "video"):
-                    continue
-                modality = "video" if kind.startswith("video") else "image"
-                counts[modality] += 1
-                src = part.get(kind)
-                src = src.get("url") if isinstance(src, dict) else src
-                frames = src if isinstance(src, list) and modality == "video" else [src]
-                for frame in frames:
-                    self._check_source(frame, modality)
+                if isinstance(kind, str) and kind.startswith(("image", "video")):
+                    counts["video" if kind.startswith("video") else "image"] += 1
         for modality, n in counts.items():
             limit = self.limits.get(modality)
             if limit is not None and n > limit:
                 raise BadRequest(f"the request has {n} {modality}s but this server allows {limit} per prompt "
                                  "(--limit-mm-per-prompt)")
-
-    def _check_source(self, src, modality: str) -> None:
-        if not isinstance(src, str):
-            raise BadRequest(f"an {modality} part needs {{'url': 'http(s)://... or data:...'}}")
-        if src.startswith(REMOTE_SCHEMES):
-            return
-        path = os.path.realpath(src[len("file://"):] if src.startswith("file://") else src)
-        if self.local_media is None:
-            raise BadRequest(f"{modality} {src[:80]!r}: local files are not served; send an http(s) URL "
-                             "or a data: URI (or start the server with --allowed-local-media-path)")
-        if os.path.commonpath([path, self.local_media]) != self.local_media:
-            raise BadRequest(f"{modality} {src[:80]!r} is outside --allowed-local-media-path {self.local_media}")
+        return sum(counts.values())
 
     # ---- preparation (worker threads) -------------------------------------------------------
+    async def prepare(self, fn, *args, remote_media: bool = False):
+        """``fn(*args)`` in a worker thread. Requests that fetch media take their threads from a
+        pool of their own (``MEDIA_WORKERS``), so slow image hosts never hold the threads that
+        text-only requests (and tokenization) need."""
+        return await anyio.to_thread.run_sync(lambda: fn(*args), limiter=self._limiter(remote_media))
+
+    def _limiter(self, remote_media: bool):
+        if not remote_media:
+            return None  # anyio's default pool
+        if self.media_limiter is None:
+            self.media_limiter = anyio.CapacityLimiter(MEDIA_WORKERS)
+        return self.media_limiter
+
     def prepare_chat(self, messages: list) -> PromptInputs:
         from ..messages import to_conversation
 
-        self.check_media(messages)
-        return self.pipe.family.encode(to_conversation(messages))
+        return self.pipe.family.encode(to_conversation(messages, self.media))
 
     def prepare_completion(self, prompt) -> PromptInputs:
         if isinstance(prompt, str):
-            ids = self.pipe.tokenizer(prompt, add_special_tokens=True)["input_ids"]
+            ids = self.pipe.tokenizer(check_text(prompt, "prompt"), add_special_tokens=True)["input_ids"]
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
             vocab = len(self.pipe.tokenizer)
             bad = [t for t in prompt if not 0 <= t < vocab]
@@ -198,24 +212,25 @@ class ServerCore:
 class _Job:
     """The engine requests of one HTTP request (one per choice), read as an async stream.
 
-    A job counts as active from creation to ``close()``, and as queued until its first
-    delta arrives; ``close()`` aborts whatever is still pending (the client left or failed).
+    A job counts as active from creation to ``close()``, and its ``sequences`` as queued until
+    its first delta arrives; ``close()`` aborts whatever is still pending (the client left or failed).
     """
 
-    def __init__(self, core: ServerCore):
-        core.check_queue()
+    def __init__(self, core: ServerCore, sequences: int = 1):
+        core.check_queue(sequences)
+        self.sequences = sequences
         self.core, self.loop = core, asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.ids: list[int] = []
         self.pending: set[int] = set()
         self.started = self.closed = False
         core.active += 1
-        core.queued += 1
+        core.queued += sequences
 
     def _start(self) -> None:
         if not self.started:
             self.started = True
-            self.core.queued -= 1
+            self.core.queued -= self.sequences
 
     def close(self) -> None:
         if not self.closed:
@@ -257,7 +272,9 @@ class _Job:
         self.pending.clear()
 
 
-def build_app(core: ServerCore, load_in_background: bool = True):
+def build_app(core: ServerCore, load_in_background: bool = True, max_body: int = DEFAULT_MAX_BODY):
+    """The FastAPI app. In front of the routes, ``Gate`` checks the API key and the body size on the
+    headers, before any body byte is read (``max_body``: bytes a request body may have)."""
     @asynccontextmanager
     async def lifespan(app):
         if load_in_background:
@@ -268,6 +285,8 @@ def build_app(core: ServerCore, load_in_background: bool = True):
         await run_in_threadpool(core.close)
 
     app = FastAPI(title="seer", lifespan=lifespan)
+    app.add_middleware(Gate, core=core, max_body=max_body)
+    declare_errors(app, bool(core.api_keys), [core.model_name, core.model_path])
 
     @app.exception_handler(BadRequest)
     async def _bad_request(_request, exc: BadRequest):
@@ -275,7 +294,7 @@ def build_app(core: ServerCore, load_in_background: bool = True):
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request, exc: RequestValidationError):
-        return JSONResponse(error_body(_describe_validation(exc.errors()), param=_first_loc(exc.errors()),
+        return JSONResponse(error_body(describe_validation(exc.errors()), param=first_loc(exc.errors()),
                                        code=400), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -298,19 +317,21 @@ def build_app(core: ServerCore, load_in_background: bool = True):
             core.check_model(model)
         return core.ready_pipe()
 
-    @app.get("/health")
+    @app.get("/health", response_class=PlainTextResponse,
+             responses={503: {"description": "the model is loading, or the engine has stopped",
+                              "content": {"text/plain": {}}}})
     async def health():
         if core.healthy:
             return PlainTextResponse("ok")
         why = core.load_error or ("loading" if core.pipe is None else "the engine has stopped")
         return PlainTextResponse(why, 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
         body, content_type = core.metrics.render()
         return PlainTextResponse(body, media_type=content_type)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=responses(401))
     async def models(request: Request):
         core.check_key(request.headers.get("authorization"))
         entry = {"id": core.model_name, "object": "model", "created": core.created, "owned_by": "seer",
@@ -319,13 +340,14 @@ def build_app(core: ServerCore, load_in_background: bool = True):
             entry["max_model_len"] = core.pipe.family.session_len
         return {"object": "list", "data": [entry]}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", responses=POST_RESPONSES)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         pipe = guard(request, req.model)
         req.num_logprobs()  # validate before doing any work
-        job = _Job(core)
+        media = core.check_media(req.messages)
+        job = _Job(core, req.n)
         try:
-            inputs = await run_in_threadpool(core.prepare_chat, req.messages)
+            inputs = await core.prepare(core.prepare_chat, req.messages, remote_media=media > 0)
             gens = core.generation_configs(req, len(inputs.token_ids))
             job.submit([(inputs, g) for g in gens])
         except BaseException:
@@ -346,15 +368,15 @@ def build_app(core: ServerCore, load_in_background: bool = True):
             choices.append(choice)
         return chat_response(rid, model, choices, _usage(results, req.n))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses=POST_RESPONSES)
     async def completions(req: CompletionRequest, request: Request):
         pipe = guard(request, req.model)
         prompts = req.prompts()
-        job = _Job(core)
+        job = _Job(core, len(prompts) * req.n)
         try:
             choices_in = []
             for p in prompts:
-                inputs = await run_in_threadpool(core.prepare_completion, p)
+                inputs = await core.prepare(core.prepare_completion, p)
                 choices_in += [(inputs, g) for g in core.generation_configs(req, len(inputs.token_ids))]
             job.submit(choices_in)
         except BaseException:
@@ -435,10 +457,6 @@ def _usage(results: list[dict], n: int) -> dict:
                  sum(r["cached"] for r in firsts))
 
 
-def _sse(obj: Any) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-
 async def _closing(job: _Job, stream: AsyncIterator[str]) -> AsyncIterator[str]:
     """Wrap an SSE stream so that the job closes however it ends (a client that left aborts it)."""
     try:
@@ -455,14 +473,14 @@ async def _stream_choices(job: _Job, results: list[dict], n: int, choice_of, chu
         offset = len(results[index]["text"])  # of this choice's text before the delta
         _add(results[index], out)
         if out.error:
-            yield _sse(error_body(out.error, "server_error", code=500))
+            yield sse(error_body(out.error, "server_error", code=500))
             continue
         if not out.new_text and not out.finished and not out.new_token_ids:
             continue
         last = out.finished and not job.pending
-        yield _sse(chunk_of([choice_of(index, out, offset)], _usage(results, n) if last else None))
+        yield sse(chunk_of([choice_of(index, out, offset)], _usage(results, n) if last else None))
     if include_usage:
-        yield _sse(chunk_of([], _usage(results, n)))
+        yield sse(chunk_of([], _usage(results, n)))
     yield "data: [DONE]\n\n"
 
 
@@ -484,7 +502,7 @@ async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: s
         return choice
 
     for i in range(req.n):
-        yield _sse(chunk_of([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+        yield sse(chunk_of([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
                               "finish_reason": None}]))
     include = bool(req.stream_options and req.stream_options.include_usage)
     async for event in _stream_choices(job, [_new_result() for _ in range(req.n)], req.n, choice_of, chunk_of,
@@ -508,33 +526,10 @@ async def _completion_stream(job: _Job, req: CompletionRequest, rid: str, model:
 
     for i, e in enumerate(echo):
         if e:
-            yield _sse(chunk_of([{"index": i, "text": e, "logprobs": None, "finish_reason": None}]))
+            yield sse(chunk_of([{"index": i, "text": e, "logprobs": None, "finish_reason": None}]))
     include = bool(req.stream_options and req.stream_options.include_usage)
     async for event in _stream_choices(job, [_new_result() for _ in echo], req.n, choice_of, chunk_of, include):
         yield event
-
-
-# ---- validation messages ----------------------------------------------------------------------
-
-def _first_loc(errors) -> Optional[str]:
-    for e in errors:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        if loc:
-            return ".".join(loc)
-    return None
-
-
-def _describe_validation(errors) -> str:
-    parts = []
-    for e in errors[:5]:
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
-        if e.get("type") == "json_invalid":
-            parts.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', e.get('msg'))})")
-        elif e.get("type") == "missing":
-            parts.append(f"{loc}: required field is missing")
-        else:
-            parts.append(f"{loc or 'body'}: {e.get('msg')} (got {str(e.get('input'))[:60]!r})")
-    return "invalid request: " + "; ".join(parts)
 
 
 # ---- the command --------------------------------------------------------------------------------
@@ -550,11 +545,34 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--limit-mm-per-prompt", default=None, metavar="image=N",
                     help="max images / videos per request, e.g. image=2,video=1")
     ap.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
-                    help="serve image_url file paths under DIR (off by default)")
+                    help="read image/video file paths (and file:// URLs) only below DIR, checked on the resolved "
+                         "path; without it no local file is read (default: off)")
+    ap.add_argument("--max-media-bytes", type=int, default=DEFAULT_MAX_MEDIA_BYTES, metavar="N",
+                    help="largest image or video file fetched or read: a larger Content-Length is refused before "
+                         f"reading, a body growing past N is cut (default {DEFAULT_MAX_MEDIA_BYTES}, 64 MiB); "
+                         "fetches also end after SEER_IMAGE_FETCH_TIMEOUT seconds in all (default 10)")
+    ap.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS, metavar="N",
+                    help="largest image (width x height) decoded, checked from its header before decoding "
+                         f"(default {DEFAULT_MAX_IMAGE_PIXELS}, 8192 x 8192)")
     ap.add_argument("--max-queued-requests", type=int, default=None,
                     help=f"waiting requests before 503 (default {DEFAULT_MAX_QUEUED})")
     ap.add_argument("--shutdown-timeout", type=float, default=30.0,
-                    help="seconds in-flight requests get to finish after SIGTERM")
+                    help="seconds in-flight requests get to finish after SIGTERM; those still running then "
+                         "end with an error (503, or an error event in a stream) (default 30)")
+    ap.add_argument("--max-request-body-bytes", type=int, default=DEFAULT_MAX_BODY, metavar="N",
+                    help="largest request body accepted; a larger Content-Length gets 413 before the body is "
+                         f"read, a chunked body is cut with 413 when it grows past N (default {DEFAULT_MAX_BODY}, "
+                         "32 MiB)")
+    ap.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                    help="open HTTP connections at most: a new one past N is closed at once (and past N requests "
+                         "running, uvicorn answers 503); lowered, with a warning, to the open-file limit "
+                         f"(ulimit -n) minus {FD_RESERVE} (default {DEFAULT_MAX_CONNECTIONS})")
+    ap.add_argument("--keep-alive-timeout", type=float, default=DEFAULT_KEEP_ALIVE, metavar="S",
+                    help=f"seconds an idle keep-alive connection stays open (default {DEFAULT_KEEP_ALIVE:g})")
+    ap.add_argument("--header-timeout", type=float, default=DEFAULT_HEADER_TIMEOUT, metavar="S",
+                    help="seconds a request's headers may take to arrive, from the connection's start or the "
+                         "request's first byte; then 408 and the connection closes (slowloris) (default "
+                         f"{DEFAULT_HEADER_TIMEOUT:g})")
     ap.add_argument("--log-level", default="WARNING")
     add_engine_arguments(ap)
 
@@ -571,6 +589,22 @@ def _limits(spec: Optional[str]) -> dict:
         return {k: int(v) for k, v in raw.items()}
     except (ValueError, TypeError) as e:
         raise ValueError(f"--limit-mm-per-prompt {spec!r} is invalid ({e}); accepted: image=N[,video=M]") from None
+
+
+def _connection_cap(wanted: int) -> int:
+    """``wanted``, or less when the open-file limit would not hold it and the process's own files."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # no resource module (Windows)
+        return wanted
+    if soft == resource.RLIM_INFINITY or wanted <= soft - FD_RESERVE:
+        return wanted
+    cap = max(1, soft - FD_RESERVE)
+    log.warning("seer: --max-connections %d is over the open-file limit %d minus %d; using %d "
+                "(raise it with ulimit -n)", wanted, soft, FD_RESERVE, cap)
+    return cap
 
 
 def run(args) -> int:
@@ -591,13 +625,25 @@ def run(args) -> int:
 
             name = DEMO_MODEL_NAME
         core = ServerCore(model, name, ecfg, vcfg, tcfg, args.api_keys,
-                          _limits(args.limit_mm_per_prompt), args.allowed_local_media_path)
+                          _limits(args.limit_mm_per_prompt), args.allowed_local_media_path,
+                          args.max_media_bytes, args.max_image_pixels)
     except ValueError as e:
         print(f"seer serve: {e}", file=sys.stderr)
         return 2
-    app = build_app(core)
+    for flag, value in (("--max-request-body-bytes", args.max_request_body_bytes),
+                        ("--max-connections", args.max_connections), ("--keep-alive-timeout", args.keep_alive_timeout),
+                        ("--header-timeout", args.header_timeout)):
+        if not value > 0:
+            print(f"seer serve: {flag} {value} is invalid: a number > 0", file=sys.stderr)
+            return 2
+    max_connections = _connection_cap(args.max_connections)
+    app = build_app(core, max_body=args.max_request_body_bytes)
+    # uvicorn's limit_concurrency answers 503 when connections or running requests reach it; our
+    # protocol closes connections past max_connections at once, so +1 leaves those to it.
     config = uvicorn.Config(app, host=args.server_name, port=args.server_port, log_level=args.log_level.lower(),
-                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+                            timeout_graceful_shutdown=args.shutdown_timeout, access_log=False,
+                            timeout_keep_alive=args.keep_alive_timeout, limit_concurrency=max_connections + 1,
+                            http=http_protocol(args.header_timeout, max_connections))
     server = uvicorn.Server(config)
     print(f"[seer] serving {model} as {core.model_name!r} on http://{args.server_name}:{args.server_port} "
           "(the model loads in the background; GET /health says when it is ready)", file=sys.stderr, flush=True)

@@ -85,7 +85,7 @@ class _EngineCollector:
         engine = pipe.engine if pipe is not None else None
         yield _gauge("seer_model_loaded", "1 when the model is loaded and the engine is alive", int(core.healthy))
         yield _gauge("seer_num_requests_active", "HTTP requests accepted and not finished", core.active)
-        yield _gauge("seer_num_requests_queued", "HTTP requests with no token yet (the bound for 503s)",
+        yield _gauge("seer_num_requests_queued", "sequences of HTTP requests with no token yet (the bound for 503s)",
                      core.queued)
         if engine is None:
             return

@@ -12,11 +12,12 @@ Beyond OpenAI's fields, the extra sampling fields vLLM and LMDeploy accept are t
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import GenerationConfig
 
@@ -35,42 +36,124 @@ def error_body(message: str, type_: str = "invalid_request_error", param: Option
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+# Bounds on one request, carried by the schema (``/openapi.json``) as well as enforced here.
+MAX_N = 16  # choices per prompt
+MAX_STOP = 16  # stop strings (OpenAI allows 4)
+MAX_STOP_CHARS = 1024  # characters per stop string
+MAX_STOP_TOKEN_IDS = 64
+MAX_PROMPTS = 64  # prompts in one completions request
+MAX_MESSAGES = 1024  # messages in one chat request
+MAX_LOGPROBS = 20  # top alternatives per token
+INT64 = (-2**63, 2**63 - 1)
+
+# Every field strictly typed: "4" is not an integer, "yes" not a boolean, and no number is
+# Infinity or NaN (Python's JSON reader accepts both literals).
+_STRICT = ConfigDict(extra="ignore", strict=True)
+
+
+def _number(default, description: str, **bounds):
+    return Field(default, allow_inf_nan=False, description=description, **bounds)
+
+
+_StopString = Annotated[str, Field(min_length=1, max_length=MAX_STOP_CHARS)]
+_TokenId = Annotated[int, Field(ge=0)]
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str] = None
+    code: Optional[Union[int, str]] = None
+
+
+class ErrorResponse(BaseModel):
+    """What every 4xx and 5xx of the API carries (OpenAI's shape)."""
+
+    error: ErrorDetail
+
+
 class StreamOptions(BaseModel):
+    model_config = _STRICT
+
     include_usage: bool = False
 
 
+def _bad_text(value: Any, path: str) -> Optional[str]:
+    """The path of the first string in ``value`` (strings, lists, dicts: keys and values) that is not
+    encodable as UTF-8, i.e. holds a lone surrogate such as "\\ud800" that JSON escapes can carry."""
+    if isinstance(value, str):
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _bad_text(v, f"{path}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            bad = _bad_text(k, f"{path} (a key)") or _bad_text(v, f"{path}.{k}" if isinstance(k, str) else path)
+            if bad:
+                return bad
+    return None
+
+
 class _SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = _STRICT
 
     model: Optional[str] = None
-    n: int = 1
-    temperature: Optional[float] = None
-    top_p: Optional[float] = None
-    max_tokens: Optional[int] = None
-    stop: Optional[Union[str, list[str]]] = None
-    seed: Optional[int] = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
+    n: int = Field(1, ge=1, le=MAX_N, description=f"choices per prompt, in [1, {MAX_N}]")
+    temperature: Optional[float] = _number(None, "in [0, 2]; 0 means greedy (default 1)", ge=0, le=2)
+    top_p: Optional[float] = _number(None, "in (0, 1] (default 1)", gt=0, le=1)
+    max_tokens: Optional[int] = Field(None, ge=1, description="at most this many new tokens (>= 1)")
+    stop: Optional[Union[_StopString, Annotated[list[_StopString], Field(max_length=MAX_STOP)]]] = Field(
+        None, description=f"a string or a list of at most {MAX_STOP} strings (OpenAI allows 4), each of 1 to "
+                          f"{MAX_STOP_CHARS} characters: the answer ends before the first one it produces")
+    seed: Optional[int] = Field(None, ge=INT64[0], le=INT64[1], description="a 64-bit signed integer; "
+                                "choice i samples with seed + i")
+    presence_penalty: float = _number(0.0, "in [-2, 2]", ge=-2, le=2)
+    frequency_penalty: float = _number(0.0, "in [-2, 2]", ge=-2, le=2)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     # vLLM / LMDeploy extras
-    top_k: Optional[int] = None
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    min_tokens: int = 0
+    top_k: Optional[int] = Field(None, ge=-1, description="-1 or 0: no top-k cut; k >= 1: the k likeliest")
+    min_p: float = _number(0.0, "in [0, 1]", ge=0, le=1)
+    repetition_penalty: float = _number(1.0, "in [0.01, 100]; 1 means none", ge=0.01, le=100)
+    min_tokens: int = Field(0, ge=0, description="no end of sequence before this many new tokens")
     ignore_eos: bool = False
     skip_special_tokens: bool = True
-    stop_token_ids: Optional[list[int]] = None
+    stop_token_ids: Optional[Annotated[list[_TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]] = Field(
+        None, description=f"at most {MAX_STOP_TOKEN_IDS} token ids that end the answer")
+
+    @field_validator("n", "max_tokens", "seed", "top_k", "min_tokens", "stop_token_ids", "max_completion_tokens",
+                     "top_logprobs", "logprobs", "prompt", mode="before", check_fields=False)
+    @classmethod
+    def _integral(cls, value):
+        """4.0 is the integer 4 (JSON Schema's integers include it); 4.5, "4" and true stay errors."""
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, list):
+            return [cls._integral(v) for v in value]
+        return value
+
+    @field_validator("model", "user", "stop", "messages", "prompt", check_fields=False)
+    @classmethod
+    def _utf8(cls, value, info):
+        bad = _bad_text(value, info.field_name)
+        if bad:
+            raise ValueError(f"{bad} is not valid text: it holds a lone surrogate (such as \\ud800), "
+                             "which cannot be encoded as UTF-8")
+        return value
 
     def generation_config(self, max_new_tokens: int, logprobs: Optional[int]) -> GenerationConfig:
         """Our sampling settings; ``max_new_tokens`` is the request's cap (or the session's)."""
         temperature = 1.0 if self.temperature is None else self.temperature
-        top_k = self.top_k if self.top_k is not None else 0
-        if top_k < -1:
-            raise BadRequest(f"top_k={top_k} is invalid: -1 or 0 (no cut) or an integer >= 1", param="top_k")
-        if self.n < 1 or self.n > 16:
-            raise BadRequest(f"n={self.n} is invalid: an integer in [1, 16]", param="n")
+        top_k = self.top_k if self.top_k is not None else 0  # the schema bounds it (and n) already
         try:
             return GenerationConfig(
                 max_new_tokens=max_new_tokens, min_new_tokens=self.min_tokens,
@@ -85,11 +168,33 @@ class _SamplingFields(BaseModel):
             raise BadRequest(str(e)) from None
 
 
+# What /openapi.json says a message is (the model takes any object and ``seer.messages`` checks it,
+# with messages that name what is wrong): OpenAI's text and image parts; seer also takes ``video_url``,
+# ``video`` and ``image`` parts (see ``seer.messages.PART_TYPES``).
+_TEXT_PART = {"type": "object", "required": ["type", "text"],
+              "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+_IMAGE_PART = {"type": "object", "required": ["type", "image_url"],
+               "properties": {"type": {"const": "image_url"},
+                              "image_url": {"type": "object", "required": ["url"],
+                                            "properties": {"url": {"type": "string",
+                                                                   "description": "http(s) URL or data: URI"}}}}}
+_MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"],
+                   "properties": {"role": {"enum": ["system", "user", "assistant"]},
+                                  "content": {"anyOf": [{"type": "string"},
+                                                        {"type": "array",
+                                                         "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}}]}}}
+
+
 class ChatCompletionRequest(_SamplingFields):
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = None
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_MESSAGES,
+                                           description=f"1 to {MAX_MESSAGES} messages; images in user messages "
+                                                       "only", json_schema_extra={"items": _MESSAGE_SCHEMA})
+    max_completion_tokens: Optional[int] = Field(None, ge=1, description="at most this many new tokens (>= 1); "
+                                                 "wins over max_tokens")
     logprobs: bool = False
-    top_logprobs: Optional[int] = None
+    top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                        description=f"alternatives per token, in [0, {MAX_LOGPROBS}]; "
+                                                    "needs logprobs=true")
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
@@ -100,11 +205,19 @@ class ChatCompletionRequest(_SamplingFields):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+_TokenIds = Annotated[list[_TokenId], Field(min_length=1)]
+
+
 class CompletionRequest(_SamplingFields):
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    logprobs: Optional[int] = None
+    prompt: Union[str, Annotated[list[str], Field(max_length=MAX_PROMPTS)], _TokenIds,
+                  Annotated[list[_TokenIds], Field(max_length=MAX_PROMPTS)]] = Field(
+        description=f"a string, a list of at most {MAX_PROMPTS} strings, token ids, or a list of at most "
+                    f"{MAX_PROMPTS} lists of token ids")
+    logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
+                                    description=f"alternatives per token, in [0, {MAX_LOGPROBS}]")
     echo: bool = False
-    max_tokens: Optional[int] = 16  # OpenAI's default for completions
+    max_tokens: Optional[int] = Field(16, ge=1, description="at most this many new tokens (>= 1; OpenAI's "
+                                      "default for completions: 16)")
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_tokens
@@ -124,6 +237,11 @@ class CompletionRequest(_SamplingFields):
 
 
 # ---- responses ------------------------------------------------------------------------------
+
+def sse(obj: Any) -> str:
+    """One Server-Sent Event carrying ``obj`` as JSON."""
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
 
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
