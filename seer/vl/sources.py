@@ -128,8 +128,8 @@ def _describe(src, limit: int = 80) -> str:
     if isinstance(src, (bytes, bytearray, memoryview)):
         return f"<{len(src)} bytes>"
     text = str(src)
-    if len(text) > limit:
-        return f"{text[:limit - 20]}...({len(text)} chars)"
+    if len(text) > limit:  # both ends: a URI's scheme, a path's file name
+        return f"{text[:limit // 2]}...{text[-(limit // 3):]} ({len(text)} chars)"
     return repr(text) if text != text.strip() else text
 
 
