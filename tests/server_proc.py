@@ -19,6 +19,12 @@ from typing import Optional
 import httpx
 
 
+def seer_dtype_flags(flags=()) -> list[str]:
+    """``--dtype`` for a seer subprocess when the suite runs with SEER_TEST_DTYPE (see conftest)."""
+    dtype = os.environ.get("SEER_TEST_DTYPE")
+    return ["--dtype", dtype] if dtype and "--dtype" not in flags else []
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,7 +43,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         model_arg = [model] if model else []  # none: seer's demo model
         proc = subprocess.Popen([sys.executable, "-m", "seer", "serve", *model_arg, "--server-name", "127.0.0.1",
-                                 "--server-port", str(port), *flags],
+                                 "--server-port", str(port), *seer_dtype_flags(flags), *flags],
                                 stdout=fd, stderr=subprocess.STDOUT, env=env)
         os.close(fd)
         server = cls(proc, port, log_path)

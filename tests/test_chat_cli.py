@@ -14,6 +14,7 @@ import pexpect
 import pytest
 
 import tiny_models as tm
+from server_proc import seer_dtype_flags
 from seer import GenerationConfig, pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,8 @@ def _env() -> dict:
 
 
 def _spawn(model: str, max_new_tokens: int, **kwargs) -> pexpect.spawn:
-    args = ["-m", "seer", "chat", model, "--max-new-tokens", str(max_new_tokens), "--temperature", "0"]
+    args = ["-m", "seer", "chat", model, "--max-new-tokens", str(max_new_tokens), "--temperature", "0",
+            *seer_dtype_flags()]
     return pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=TIMEOUT, echo=False,
                          cwd=str(REPO), env=_env(), dimensions=(24, 200), **kwargs)
 

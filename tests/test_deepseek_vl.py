@@ -84,7 +84,7 @@ def test_hybrid_image_features_equal_transformers(ckpts, kind):
     reference = ckpts[kind + "_converted"] if kind == "orig_hybrid" else ckpts[kind]
     with torch.no_grad():
         ref = tm.load_hf_model(reference).model.get_image_features(low, high, return_dict=True).pooler_output
-        ours = pipe.engine.runner.model.encode_images(pixels)
+        ours = [f.cpu() for f in pipe.engine.runner.model.encode_images(pixels)]  # (from the GPU too)
     assert torch.allclose(torch.stack(ours), ref, atol=1e-4, rtol=1e-4)
     assert (ours[0] - ours[1]).abs().max() > 0.1  # the two images differ
 

@@ -144,7 +144,7 @@ def test_features_equal_transformers_batched_with_padding(ckpts, kind):
     flat = [t for ts in tiles for t in ts]
     order = list(reversed(range(len(flat))))  # any order, any company
     with torch.no_grad():
-        got = pipe.family.model.encode_images([flat[i] for i in order])
+        got = [f.cpu() for f in pipe.family.model.encode_images([flat[i] for i in order])]
     got = [got[order.index(i)] for i in range(len(flat))]
     per_image = [len(ts) for ts in tiles]
     got_images = torch.cat(got).split([n * ti.image_seq_len(kind) for n in per_image])
@@ -168,8 +168,8 @@ def test_partial_pixel_mask_follows_transformers(ckpts, kind):
     model = _pipe(path).family.model
     with torch.no_grad():
         want = ti.hf_model(path).model.get_image_features(pixels[None], mask[None].long()).pooler_output[0]
-        got = model.encode_images([(pixels[0], mask[0]), (torch.randn(3, side, side), None)])[0]
-        full = model.encode_images([(pixels[0], None)])[0]
+        got = model.encode_images([(pixels[0], mask[0]), (torch.randn(3, side, side), None)])[0].cpu()
+        full = model.encode_images([(pixels[0], None)])[0].cpu()
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(got, full)
 

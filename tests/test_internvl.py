@@ -271,7 +271,8 @@ def test_pixel_shuffle_v1_checkpoints(ckpts, tmp_path):
     import shutil
 
     model = _pipe(ckpts["qwen2"]).family.model
-    tiles = _pipe(ckpts["qwen2"]).family.image_inputs(_images(2)[1])[1].float()
+    fam = _pipe(ckpts["qwen2"]).family
+    tiles = fam.image_inputs(_images(2)[1])[1].to(fam.device, fam.dtype)
     with torch.no_grad():
         v2 = model.image_features(tiles)
         model.ps_version = "v1"
