@@ -192,8 +192,8 @@ class LLM:
             p = p or SamplingParams()
             if p.seed is None and self.seed is not None:
                 p = SamplingParams(**{**p.__dict__, "seed": self.seed})
-            gens.append(p.to_generation_config(self._pipe.family.session_len))
-        responses = self._pipe._generate(inputs, gens, raise_errors=True, use_tqdm=use_tqdm, prepare=lambda x: x)
+            gens.append(p.to_generation_config(self._pipe.session_len))
+        responses = self._pipe.run(inputs, gens, raise_errors=True, use_tqdm=use_tqdm, prepare=lambda x: x)
         outs = []
         for x, r, p in zip(inputs, responses, raw):
             self._ids += 1

@@ -24,6 +24,7 @@ from .engine.engine import Engine, kv_cache_blocks
 from .engine.request import PromptInputs, RequestOutput
 from .engine.runner import ModelRunner
 from .messages import split_batch, to_conversation
+from .vl import MediaPolicy
 from .models.base import ModelFamily, read_config_json
 from .models.registry import family_for
 
@@ -116,7 +117,7 @@ class Pipeline:
         from another thread: once it is set, the generator aborts the rest and ends within
         ``CANCEL_POLL_S``, also while a request still waits for its first token."""
         singles, is_batch = split_batch(prompts)
-        gens = self._gen_configs(gen_config, len(singles))
+        gens = self.gen_configs(gen_config, len(singles))
         q: queue.Queue = queue.Queue()
         ids, errors = self._submit(singles, gens, q, raise_errors=not is_batch)
         for r in errors:
@@ -159,7 +160,6 @@ class Pipeline:
             return
         self._closed = True
         self.engine.close()
-        self.engine.runner.kv_caches = []
         self.engine = None
         self.family.model = None
         gc.collect()
@@ -173,7 +173,8 @@ class Pipeline:
         self.close()
 
     # ---- internals ---------------------------------------------------------------------------
-    def _gen_configs(self, gen_config: GenConfigs, n: int) -> list[GenerationConfig]:
+    def gen_configs(self, gen_config: GenConfigs, n: int) -> list[GenerationConfig]:
+        """One config per prompt, with the chat template's end-of-turn words added as stop words."""
         if gen_config is None:
             gens = [GenerationConfig()] * n
         elif isinstance(gen_config, GenerationConfig):
@@ -189,16 +190,22 @@ class Pipeline:
             gens = [g.replace(stop_words=list(g.stop_words or []) + extra) for g in gens]
         return gens
 
-    def _prepare(self, prompt) -> PromptInputs:
+    def prepare(self, prompt, policy: Optional[MediaPolicy] = None) -> PromptInputs:
+        """A prompt (any accepted shape) as the engine takes it: chat template, token ids, image
+        inputs; images and videos load within ``policy`` (default: ``MediaPolicy()``)."""
         if self._closed:
             raise RuntimeError("this pipeline is closed")
         # Always normalise: to_conversation is idempotent (chat history passes through) and loads
         # every image and string content, whatever the first message looks like.
-        return self.family.encode(to_conversation(prompt))
+        return self.family.encode(to_conversation(prompt, policy))
+
+    @property
+    def session_len(self) -> int:
+        return self.family.session_len
 
     def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool, prepare=None):
         """Prepare and queue every prompt; failures become error responses (or raise)."""
-        prepare = prepare or self._prepare
+        prepare = prepare or self.prepare
         ids, errors = [], []
         for i, (prompt, gen) in enumerate(zip(singles, gens)):
             try:
@@ -214,11 +221,11 @@ class Pipeline:
         return ids, errors
 
     def _run(self, singles, gen_config, is_batch: bool, use_tqdm) -> list[Response]:
-        gens = self._gen_configs(gen_config, len(singles))
-        return self._generate(singles, gens, raise_errors=not is_batch, use_tqdm=use_tqdm)
+        gens = self.gen_configs(gen_config, len(singles))
+        return self.run(singles, gens, raise_errors=not is_batch, use_tqdm=use_tqdm)
 
-    def _generate(self, singles, gens: list[GenerationConfig], raise_errors: bool, use_tqdm=None,
-                  prepare=None) -> list[Response]:
+    def run(self, singles, gens: list[GenerationConfig], raise_errors: bool, use_tqdm=None,
+            prepare=None) -> list[Response]:
         """Run prompts to completion, one ``Response`` each in order. ``prepare`` turns a prompt
         into ``PromptInputs`` (default: conversation + chat template)."""
         q: queue.Queue = queue.Queue()

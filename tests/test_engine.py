@@ -11,6 +11,8 @@ from seer.layers.attention import AttentionMetadata, paged_attention
 from seer.messages import to_conversation
 from seer import kernels
 
+import tiny_models as tm
+
 LONG = GenerationConfig(max_new_tokens=400, ignore_eos=True)
 
 
@@ -86,6 +88,32 @@ def test_stop_token_ids_past_the_vocabulary_are_harmless(pipe):
     want = pipe("hello", gen_config=gen).token_ids
     got = pipe("hello", gen_config=gen.replace(min_new_tokens=3, stop_token_ids=[10**9]))
     assert got.finish_reason == "length" and got.token_ids == want
+
+
+def test_the_runner_takes_plain_data_that_survives_pickling(pipe, monkeypatch):
+    """Each step reaches the runner as a StepInput of plain data (no Sequence, whose sink is a
+    closure and cannot be pickled): run through a pickle round trip, a batch of text and image
+    requests with chunked prompts gives exactly the tokens of the direct run."""
+    import pickle
+
+    from seer.engine.step import StepInput
+
+    gen = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    images = [tm.make_image(i, (40 + 8 * i, 32)) for i in range(3)]
+    prompts = ["plain text", ("one image", images[:1]), ("two images", images[1:]), ("again", images[:1])]
+    want = [r.token_ids for r in pipe(prompts, gen_config=gen)]
+    real, seen = pipe.engine.runner.execute, []
+
+    def through_pickle(step):
+        assert isinstance(step, StepInput)
+        seen.append(len(step.chunks))
+        return real(pickle.loads(pickle.dumps(step)))
+
+    monkeypatch.setattr(pipe.engine.runner, "execute", through_pickle)
+    pipe.engine.runner.features.clear()  # the images are encoded from the pickled pixels
+    pipe.engine.blocks.reset_prefix_cache()
+    assert [r.token_ids for r in pipe(prompts, gen_config=gen)] == want
+    assert max(seen) > 1
 
 
 def test_close_aborts_waiters(tiny_llava):

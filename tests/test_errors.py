@@ -416,7 +416,7 @@ def test_fetch_timeout_is_read_at_fetch_time(pipe, img, server, monkeypatch):
 
 def test_prompt_at_the_session_len_limit(pipe):
     """Just under session_len still runs (and stops at session_len); at the limit it fails."""
-    ids_of = lambda text: len(pipe._prepare(text).token_ids)  # noqa: E731
+    ids_of = lambda text: len(pipe.prepare(text).token_ids)  # noqa: E731
     text = "word"
     while ids_of(text + " word") < SESSION_LEN - 1:
         text += " word"

@@ -73,7 +73,7 @@ def data_uri(image) -> str:
 
 def prompt_ids(pipe: Pipeline, prompt) -> list[int]:
     """The prompt token ids the pipeline builds (internal hook, for placement checks)."""
-    return list(pipe._prepare(prompt).token_ids)
+    return list(pipe.prepare(prompt).token_ids)
 
 
 def vocab_size(model_dir: str) -> int:

@@ -1,7 +1,7 @@
 """The engine: a step loop in a background thread, fed by a thread-safe inbox.
 
-One step is three calls: ``scheduler.schedule()`` -> ``runner.execute()`` (+ sampling)
--> ``_update()``, which appends the sampled tokens, detokenizes, checks the stop
+One step is three calls: ``scheduler.schedule()`` -> ``runner.execute(StepInput)`` (plain
+data, ``step.py``; the runner answers with logits) + sampling -> ``_update()``, which appends the sampled tokens, detokenizes, checks the stop
 conditions, delivers a ``RequestOutput`` delta to each touched request's sink and
 finishes what is done. Requests enter and leave only between steps, through the inbox,
 so the scheduler and block manager are only ever touched by the loop thread.
@@ -13,6 +13,7 @@ goes on; one bad request never takes the others down.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import queue
 import threading
@@ -24,12 +25,14 @@ import torch
 
 from .._malloc import trim as trim_heap
 from ..config import EngineConfig, GenerationConfig
+from .client import EngineStats
 from .detokenizer import IncrementalDetokenizer
 from .kv_cache import BlockManager
 from .request import PromptInputs, RequestOutput, Sequence, Sink
-from .runner import ModelRunner, StepResult
+from .runner import ModelRunner
 from .sampler import sample
 from .scheduler import Scheduler
+from .step import make_step_input
 
 log = logging.getLogger("seer.engine")
 
@@ -53,6 +56,8 @@ class Engine:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.stats = {"steps": 0, "prompt_tokens": 0, "generation_tokens": 0, "finished": 0}
+        self._snapshot = EngineStats()
+        self._publish()
         self._thread = threading.Thread(target=self._loop, name="seer-engine", daemon=True)
         self._thread.start()
         # Stop the loop before the interpreter tears down torch under a running step.
@@ -85,6 +90,8 @@ class Engine:
         self._wake.set()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.runner.kv_caches = []  # the pool's memory goes back once nothing can touch it
 
     @property
     def is_alive(self) -> bool:
@@ -98,6 +105,19 @@ class Engine:
     def num_waiting(self) -> int:
         return len(self.scheduler.waiting)
 
+    def snapshot(self) -> EngineStats:
+        """The stats as of the end of the engine thread's last loop turn (any thread)."""
+        return dataclasses.replace(self._snapshot, prompt_tokens=self.stats["prompt_tokens"])
+
+    def _publish(self) -> None:
+        b, r, st = self.blocks, self.runner, self.stats
+        self._snapshot = EngineStats(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), blocks_total=b.num_blocks,
+            blocks_free=b.num_free_blocks, blocks_touched=b.num_touched, block_bytes=r.block_bytes,
+            prefix_hit_tokens=b.prefix_hits, image_cache_hits=r.feature_hits, image_cache_misses=r.feature_misses,
+            steps=st["steps"], prompt_tokens=st["prompt_tokens"], generation_tokens=st["generation_tokens"],
+            finished=st["finished"], preemptions=self.scheduler.num_preemptions)
+
     # ---- the loop (engine thread) ---------------------------------------------------------
     def _loop(self) -> None:
         why = "the engine was closed"
@@ -105,6 +125,7 @@ class Engine:
         try:
             while not self._stop.is_set():
                 self._drain_inbox()
+                self._publish()
                 if not self.scheduler.has_work():
                     if busy:  # just went idle: give a burst's freed activations back to the system
                         busy = False
@@ -114,6 +135,7 @@ class Engine:
                     continue
                 busy = True
                 self.step()
+                self._publish()
         except BaseException:  # noqa: BLE001 - a dead loop must fail every waiter, not hang them
             log.error("engine loop died:\n%s", traceback.format_exc())
             why = "the engine died: " + traceback.format_exc().strip().splitlines()[-1]
@@ -142,9 +164,10 @@ class Engine:
         if not sched:
             return
         try:
-            self.runner.zero_blocks(self.blocks.take_fresh())
-            result = self.runner.execute(sched)
-            sampled = sample(result.logits, result.seqs, self.eos_ids)
+            step = make_step_input(sched, self.blocks.block_size, self.blocks.take_fresh())
+            logits = self.runner.execute(step)
+            seqs = [self._seqs[rid] for rid in step.sampling_ids]
+            sampled = sample(logits, seqs, self.eos_ids)
         except Exception as e:  # noqa: BLE001
             log.exception("step failed")
             for seq in sched.seqs:
@@ -153,10 +176,10 @@ class Engine:
             return
         self.scheduler.update(sched)
         self.stats["steps"] += 1
-        self._update(result, sampled)
+        self._update(seqs, logits, sampled)
 
-    def _update(self, result: StepResult, sampled) -> None:
-        for i, seq in enumerate(result.seqs):
+    def _update(self, seqs: list[Sequence], logits, sampled) -> None:
+        for i, seq in enumerate(seqs):
             if sampled.errors and sampled.errors[i]:
                 seq.error = sampled.errors[i]
                 self._finish(seq, "error")
@@ -173,9 +196,9 @@ class Engine:
                 continue
             done = seq.num_output_tokens >= g.max_new_tokens or seq.num_tokens >= seq.max_total_tokens
             text, hit = self._text(seq, self._detok(seq).push(tok), final=done)
-            logits = result.logits[i:i + 1].cpu() if g.output_logits else None
+            row = logits[i:i + 1].cpu() if g.output_logits else None
             lp = [sampled.logprobs[i]] if g.logprobs is not None else None
-            self._emit(seq, [tok], text, lp, logits, reason="stop" if hit else "length" if done else None)
+            self._emit(seq, [tok], text, lp, row, reason="stop" if hit else "length" if done else None)
 
     def _detok(self, seq: Sequence) -> IncrementalDetokenizer:
         d = seq.state.get("detok")

@@ -1,8 +1,8 @@
 """Runs one step: a single forward over all scheduled tokens, packed without padding.
 
 The runner owns the device state: the KV-cache tensors, the gather workspace and
-the image-feature cache. It turns a ``SchedulerOutput`` into tensors, encodes the
-images the step needs (batched, ``VisionConfig.max_batch_size`` per forward, each
+the image-feature cache. It turns a ``StepInput`` (plain data, see ``step.py``) into
+tensors, encodes the images the step needs (batched, ``VisionConfig.max_batch_size`` per forward, each
 distinct image once thanks to the feature cache keyed by content hash), scatters
 their features over the placeholder tokens, runs the model and returns the logits
 of the sequences that sample.
@@ -23,8 +23,7 @@ import torch
 
 from .. import kernels
 from ..layers.attention import AttentionMetadata, PrefillSpan
-from .request import MMItem, Sequence
-from .scheduler import SchedulerOutput
+from .step import ImageSpan, SeqChunk, StepInput
 
 
 @dataclass
@@ -36,12 +35,6 @@ class KVSpec:
 
     def bytes_per_block(self, block_size: int) -> int:
         return 2 * self.num_layers * block_size * self.num_kv_heads * self.head_dim * self.dtype.itemsize
-
-
-@dataclass
-class StepResult:
-    seqs: list[Sequence]  # the sequences that sample, in row order of ``logits``
-    logits: torch.Tensor  # [len(seqs), vocab] fp32
 
 
 class ModelRunner:
@@ -70,49 +63,33 @@ class ModelRunner:
 
     # ---- the step -------------------------------------------------------------------
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> StepResult:
-        order = sorted(range(len(sched.seqs)), key=lambda i: sched.num_new_tokens[i] != 1)
-        seqs = [sched.seqs[i] for i in order]
-        counts = [sched.num_new_tokens[i] for i in order]
-        ids, positions, slots, sample_rows, sampling = [], [], [], [], []
-        bs = self.block_size
-        for seq, n in zip(seqs, counts):
-            start = seq.num_computed_tokens
-            ids.extend(seq.token_ids[start:start + n])
-            pos = range(start, start + n)
-            positions.extend(pos)
-            table = seq.block_table
-            slots.extend(table[p // bs] * bs + p % bs for p in pos)
-            if start + n == seq.num_tokens:
-                sample_rows.append(len(ids) - 1)
-                sampling.append(seq)
+    def execute(self, step: StepInput) -> torch.Tensor:
+        """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order."""
+        self.zero_blocks(step.fresh_blocks)
         dev = self.device
-        input_ids = torch.tensor(ids, dtype=torch.long, device=dev)
-        slot_mapping = torch.tensor(slots, dtype=torch.long, device=dev)
-        meta = self._metadata(seqs, counts, slot_mapping, self.sliding_window)
+        input_ids = torch.tensor(step.input_ids, dtype=torch.long, device=dev)
+        slot_mapping = torch.tensor(step.slot_mapping, dtype=torch.long, device=dev)
+        meta = self._metadata(step.chunks, slot_mapping, self.sliding_window)
         if self.local_window:
-            meta.local = self._metadata(seqs, counts, slot_mapping, self.local_window)
-        embeds = self._embed(input_ids, seqs, counts)
+            meta.local = self._metadata(step.chunks, slot_mapping, self.local_window)
+        embeds = self._embed(input_ids, step.images)
         if self.mrope:
-            pos = self._mrope_positions(seqs, counts).to(dev)
+            pos = self._mrope_positions(step.chunks).to(dev)
         else:
-            pos = torch.tensor(positions, dtype=torch.long, device=dev)
+            pos = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(embeds, pos, self.kv_caches, meta)
-        rows = torch.tensor(sample_rows, dtype=torch.long, device=dev)
-        logits = self.model.compute_logits(hidden.index_select(0, rows))
-        return StepResult(sampling, logits)
+        rows = torch.tensor(step.sample_rows, dtype=torch.long, device=dev)
+        return self.model.compute_logits(hidden.index_select(0, rows))
 
     @staticmethod
-    def _mrope_positions(seqs, counts) -> torch.Tensor:
+    def _mrope_positions(chunks: list[SeqChunk]) -> torch.Tensor:
         """``[3, T]`` M-RoPE positions of the step's tokens (on the CPU)."""
         flat, prompt_parts, row = [], [], 0
-        for seq, n in zip(seqs, counts):
-            start, d = seq.num_computed_tokens, seq.rope_delta
-            flat.extend(range(start + d, start + n + d))
-            p = seq.mrope_positions
-            if p is not None and start < p.shape[1]:
-                prompt_parts.append((row, p[:, start:start + n]))
-            row += n
+        for c in chunks:
+            flat.extend(range(c.start + c.rope_delta, c.end + c.rope_delta))
+            if c.mrope_positions is not None:
+                prompt_parts.append((row, c.mrope_positions))
+            row += c.num_tokens
         out = torch.tensor(flat, dtype=torch.long).expand(3, -1).clone()
         for r, p in prompt_parts:
             out[:, r:r + p.shape[1]] = p
@@ -128,16 +105,16 @@ class ModelRunner:
             v.index_fill_(0, idx, 0)
 
     # ---- attention metadata ------------------------------------------------------------
-    def _metadata(self, seqs, counts, slot_mapping, win) -> AttentionMetadata:
+    def _metadata(self, chunks: list[SeqChunk], slot_mapping, win) -> AttentionMetadata:
         """Attention metadata of a step for layers with sliding window ``win`` (None: full)."""
         bs, dev = self.block_size, self.device
         meta = AttentionMetadata(slot_mapping=slot_mapping)
-        dec = [s for s, n in zip(seqs, counts) if n == 1]
+        dec = [c for c in chunks if c.num_tokens == 1]
         need = 0
         if dec:
-            ctx = [s.num_computed_tokens + 1 for s in dec]
+            ctx = [c.end for c in dec]
             nblk = -(-max(ctx) // bs)
-            table = [s.block_table[:nblk] + [0] * (nblk - len(s.block_table[:nblk])) for s in dec]
+            table = [c.block_table[:nblk] + [0] * (nblk - len(c.block_table[:nblk])) for c in dec]
             meta.num_decode = len(dec)
             meta.decode_blocks = torch.tensor(table, dtype=torch.long, device=dev)
             meta.decode_lens = torch.tensor(ctx, dtype=torch.long, device=dev)
@@ -149,26 +126,25 @@ class ModelRunner:
                 meta.decode_mask = mask[:, None, None, :]
                 need = len(dec) * nblk
         row = len(dec)
-        for seq, n in zip(seqs, counts):
-            if n == 1:
+        for c in chunks:
+            if c.num_tokens == 1:
                 continue
-            start = seq.num_computed_tokens
+            start, n = c.start, c.num_tokens
             span = PrefillSpan(row, row + n)
-            both_ways = [it for it in seq.mm_items if it.bidirectional and it.offset < start + n]
-            if start > 0 or (win and n > win) or both_ways:
+            if start > 0 or (win and n > win) or c.bidirectional:
                 qpos = torch.arange(start, start + n, device=dev)[:, None]
                 if start > 0:
                     nblk = -(-(start + n) // bs)
-                    span.blocks = torch.tensor(seq.block_table[:nblk], dtype=torch.long, device=dev)
+                    span.blocks = torch.tensor(c.block_table[:nblk], dtype=torch.long, device=dev)
                     kpos = torch.arange(nblk * bs, device=dev)[None, :]
                     need = max(need, nblk)
                 else:
                     kpos = torch.arange(n, device=dev)[None, :]
                 mask = kpos <= qpos
-                if both_ways:  # OR(causal, same image), as transformers builds Gemma 3's masks
+                if c.bidirectional:  # OR(causal, same image), as transformers builds Gemma 3's masks
                     image = torch.full((kpos.shape[1],), -1, dtype=torch.long, device=dev)
-                    for k, it in enumerate(both_ways):
-                        image[it.offset:it.end] = k
+                    for k, (a, b) in enumerate(c.bidirectional):
+                        image[a:b] = k
                     qi, ki = image[start:start + n][:, None], image[None, :]
                     mask |= (qi == ki) & (qi >= 0)
                 if win:
@@ -189,49 +165,41 @@ class ModelRunner:
         return self._workspace
 
     # ---- embeddings and images ------------------------------------------------------------
-    def _embed(self, input_ids, seqs, counts) -> torch.Tensor:
+    def _embed(self, input_ids, images: list[ImageSpan]) -> torch.Tensor:
         embeds = self.model.embed(input_ids)
-        spans = []  # (row range in the packed tokens, item, feature range)
-        row = 0
-        for seq, n in zip(seqs, counts):
-            start = seq.num_computed_tokens
-            for item in seq.mm_items:
-                a, b = max(start, item.offset), min(start + n, item.end)
-                if a < b:
-                    spans.append((row + a - start, row + b - start, item, a - item.offset, b - item.offset))
-            row += n
-        if not spans:
+        if not images:
             return embeds
-        feats = self._features([s[2] for s in spans])
-        for r0, r1, item, f0, f1 in spans:
-            embeds[r0:r1] = feats[item.hash][f0:f1].to(embeds.dtype)
+        feats = self._features(images)
+        for im in images:
+            embeds[im.row:im.row + im.num_rows] = feats[im.hash][im.first_feature:im.first_feature + im.num_rows].to(
+                embeds.dtype)
         return embeds
 
-    def _features(self, items: list[MMItem]) -> dict[str, torch.Tensor]:
-        """Features of each distinct image among ``items``: cached ones reused, the rest encoded in batches."""
+    def _features(self, images: list[ImageSpan]) -> dict[str, torch.Tensor]:
+        """Features of each distinct image among ``images``: cached ones reused, the rest encoded in batches."""
         found: dict[str, torch.Tensor] = {}
-        todo: dict[str, MMItem] = {}
-        for it in items:
-            if it.hash in found or it.hash in todo:
+        todo: dict[str, ImageSpan] = {}
+        for im in images:
+            if im.hash in found or im.hash in todo:
                 continue
-            if it.kind == "embeds":
-                found[it.hash] = it.data.to(self.device)
-            elif it.hash in self.features:
-                self.features.move_to_end(it.hash)
-                found[it.hash] = self.features[it.hash]
+            if im.kind == "embeds":
+                found[im.hash] = im.data.to(self.device)
+            elif im.hash in self.features:
+                self.features.move_to_end(im.hash)
+                found[im.hash] = self.features[im.hash]
                 self.feature_hits += 1
             else:
-                todo[it.hash] = it
+                todo[im.hash] = im
         # The model batches a chunk as it can (stacked, or patches concatenated): images of
         # different sizes may share a vision forward.
         group = list(todo.values())
         for i in range(0, len(group), self.vision_batch_size):
             chunk = group[i:i + self.vision_batch_size]
-            for it, f in zip(chunk, self.model.encode_images([it.data for it in chunk])):
-                if f.shape[0] != it.length:
-                    raise ValueError(f"image encoder gave {f.shape[0]} features for {it.length} placeholders")
-                found[it.hash] = f
-                self._remember(it.hash, f)
+            for im, f in zip(chunk, self.model.encode_images([im.data for im in chunk])):
+                if f.shape[0] != im.num_features:
+                    raise ValueError(f"image encoder gave {f.shape[0]} features for {im.num_features} placeholders")
+                found[im.hash] = f
+                self._remember(im.hash, f)
             self.feature_misses += len(chunk)
         return found
 

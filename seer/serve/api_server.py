@@ -177,9 +177,7 @@ class ServerCore:
         return self.media_limiter
 
     def prepare_chat(self, messages: list) -> PromptInputs:
-        from ..messages import to_conversation
-
-        return self.pipe.family.encode(to_conversation(messages, self.media))
+        return self.pipe.prepare(messages, self.media)
 
     def prepare_completion(self, prompt) -> PromptInputs:
         if isinstance(prompt, str):
@@ -197,13 +195,13 @@ class ServerCore:
     def generation_configs(self, req, n_prompt_tokens: int) -> list[GenerationConfig]:
         """One config per choice; with a seed, choice i samples with seed + i."""
         pipe = self.pipe
-        room = pipe.family.session_len - n_prompt_tokens
+        room = pipe.session_len - n_prompt_tokens
         want = req.max_new_tokens()
         if want is not None and want < 1:
             raise BadRequest(f"max_tokens={want} is invalid: an integer >= 1", param="max_tokens")
         # Without a cap a request may run to the end of its session (the engine stops it there).
         gen = req.generation_config(want if want is not None else max(room, 1), req.num_logprobs())
-        gens = pipe._gen_configs(gen, 1) * req.n
+        gens = pipe.gen_configs(gen, 1) * req.n
         if req.seed is not None:
             gens = [g.replace(random_seed=req.seed + i) for i, g in enumerate(gens)]
         return gens
@@ -337,7 +335,7 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
         entry = {"id": core.model_name, "object": "model", "created": core.created, "owned_by": "seer",
                  "root": core.model_path}
         if core.pipe is not None:
-            entry["max_model_len"] = core.pipe.family.session_len
+            entry["max_model_len"] = core.pipe.session_len
         return {"object": "list", "data": [entry]}
 
     @app.post("/v1/chat/completions", responses=POST_RESPONSES)

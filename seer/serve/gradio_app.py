@@ -461,7 +461,7 @@ def run(args) -> int:
         return 2
     limit = None
     if isinstance(backend, PipelineBackend):
-        limit = backend.pipe.family.session_len
+        limit = backend.pipe.session_len
     demo = build_demo(backend, args.max_new_tokens, limit)
     print(f"[seer] web UI for {backend.name} on http://{args.server_name}:{args.server_port}", file=sys.stderr,
           flush=True)

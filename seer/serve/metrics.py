@@ -89,25 +89,23 @@ class _EngineCollector:
                      core.queued)
         if engine is None:
             return
-        blocks = engine.blocks
-        used = blocks.num_blocks - blocks.num_free_blocks
-        yield _gauge("seer_num_requests_running", "Sequences in the running batch", engine.num_running)
-        yield _gauge("seer_num_requests_waiting", "Sequences waiting to be scheduled", engine.num_waiting)
+        st = engine.snapshot()
+        yield _gauge("seer_num_requests_running", "Sequences in the running batch", st.running)
+        yield _gauge("seer_num_requests_waiting", "Sequences waiting to be scheduled", st.waiting)
         yield _gauge("seer_kv_cache_usage_perc", "Share of KV-cache blocks held by requests (0-1)",
-                     used / blocks.num_blocks)
-        yield _gauge("seer_kv_cache_blocks_used", "KV-cache blocks held by requests", used)
-        yield _gauge("seer_kv_cache_blocks_total", "KV-cache blocks in the pool", blocks.num_blocks)
+                     st.blocks_used / st.blocks_total)
+        yield _gauge("seer_kv_cache_blocks_used", "KV-cache blocks held by requests", st.blocks_used)
+        yield _gauge("seer_kv_cache_blocks_total", "KV-cache blocks in the pool", st.blocks_total)
         yield _gauge("seer_kv_cache_blocks_touched", "KV-cache blocks that have held tokens at least once "
-                     "(on CPU the pool's memory is resident only for these)", blocks.num_touched)
+                     "(on CPU the pool's memory is resident only for these)", st.blocks_touched)
         yield _gauge("seer_kv_cache_block_bytes", "Bytes of one KV-cache block (all layers, keys and values)",
-                     engine.runner.block_bytes)
-        stats = engine.stats
-        yield _counter("seer_prompt_tokens", "Prompt tokens submitted", stats["prompt_tokens"])
-        yield _counter("seer_generation_tokens", "Tokens generated", stats["generation_tokens"])
+                     st.block_bytes)
+        yield _counter("seer_prompt_tokens", "Prompt tokens submitted", st.prompt_tokens)
+        yield _counter("seer_generation_tokens", "Tokens generated", st.generation_tokens)
         yield _counter("seer_prefix_cache_hit_tokens", "Prompt tokens served from the prefix cache",
-                       blocks.prefix_hits)
+                       st.prefix_hit_tokens)
         yield _counter("seer_image_cache_hits", "Images whose features came from the feature cache",
-                       engine.runner.feature_hits)
+                       st.image_cache_hits)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
