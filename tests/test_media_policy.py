@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import os
-import threading
+import sys
 import time
 
 import httpx
@@ -99,10 +99,16 @@ def test_files_in_the_allowed_folder_load_however_they_are_spelt(folders, tmp_pa
     assert load_image(src.format(tmp=tmp_path), MediaPolicy(local_root="allowed")).size == (32, 24)
 
 
-def test_video_sources_follow_the_same_policy(folders, host):
+def test_video_sources_follow_the_same_policy(folders, host, monkeypatch):
     allowed, secret = folders
     with pytest.raises(ValueError, match="local files are not allowed"):
         load_video(str(secret / "secret.png"), policy=MediaPolicy(local_root=None))
+    monkeypatch.setitem(sys.modules, "av", None)  # no PyAV: the policy still answers first
+    with pytest.raises(ValueError, match="local files are not allowed"):
+        load_video(str(secret / "secret.png"), policy=MediaPolicy(local_root=None))
+    with pytest.raises(ValueError, match="needs PyAV"):
+        load_video(str(allowed / "ok.png"), policy=MediaPolicy(local_root=str(allowed)))
+    monkeypatch.delitem(sys.modules, "av")
     with pytest.raises(ValueError, match="only below"):
         load_video([str(secret / "secret.png")], policy=MediaPolicy(local_root=str(allowed)))
     with pytest.raises(ValueError, match="timed out"):

@@ -74,12 +74,12 @@ def _open_source(src, policy: MediaPolicy):
 
 
 def _decode_file(src, fps: Optional[float], nframes: Optional[int], policy: MediaPolicy) -> Video:
+    data, name = _open_source(src, policy)  # the policy first: a refused source says so, whatever is installed
     try:
         import av
     except ImportError:
         raise VideoLoadError("decoding a video file needs PyAV: pip install av (or seer[video]); "
                              "or pass the video as a list of frames") from None
-    data, name = _open_source(src, policy)
     frames = {}
     try:
         with av.open(io.BytesIO(data)) as container:
