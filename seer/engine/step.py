@@ -93,7 +93,7 @@ def make_step_input(sched: SchedulerOutput, block_size: int, fresh_blocks: Optio
         step.slot_mapping.extend(table[p // block_size] * block_size + p % block_size for p in range(start, end))
         mrope = seq.mrope_positions
         step.chunks.append(SeqChunk(
-            seq.request_id, start, n, list(table), samples=end == seq.num_tokens,
+            seq.request_id, start, n, table, samples=end == seq.num_tokens,
             bidirectional=[(it.offset, it.end) for it in seq.mm_items if it.bidirectional and it.offset < end],
             mrope_positions=mrope[:, start:end] if mrope is not None and start < mrope.shape[1] else None,
             rope_delta=seq.rope_delta))
