@@ -553,7 +553,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="largest image (width x height) decoded, checked from its header before decoding "
                          f"(default {DEFAULT_MAX_IMAGE_PIXELS}, 8192 x 8192)")
     ap.add_argument("--max-queued-requests", type=int, default=None,
-                    help=f"waiting requests before 503 (default {DEFAULT_MAX_QUEUED})")
+                    help=f"sequences (prompts x n) waiting for their first token before new requests get 503 "
+                         f"(default {DEFAULT_MAX_QUEUED})")
     ap.add_argument("--shutdown-timeout", type=float, default=30.0,
                     help="seconds in-flight requests get to finish after SIGTERM; those still running then "
                          "end with an error (503, or an error event in a stream) (default 30)")
