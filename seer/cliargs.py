@@ -51,7 +51,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--num-gpu-blocks", type=int, default=None, help="fix the KV pool size in blocks")
     g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
-    g.add_argument("--tp", type=int, default=1, help="tensor parallel size (only 1 for now)")
+    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
+                   help="tensor-parallel ranks, one process each (text decoders so far; default 1)")
     g.add_argument("--vision-max-batch-size", type=int, default=VisionConfig().max_batch_size,
                    help="images per vision-encoder forward")
     g.add_argument("--vision-tower-path", default=None,

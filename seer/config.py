@@ -129,7 +129,7 @@ class EngineConfig:
     max_prefill_token_num: int = 4096  # max tokens in one step (chunked prefill splits longer prompts)
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     device: Optional[str] = None  # None: cuda when available, else cpu
-    tp: int = 1
+    tp: int = 1  # tensor-parallel ranks (processes); > 1: text decoders so far (seer.engine.parallel)
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
 
@@ -147,11 +147,9 @@ class EngineConfig:
                "max_prefill_token_num", self.max_prefill_token_num, "an integer >= 1")
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
                "one of 'auto', 'float32', 'bfloat16', 'float16'")
-        _check(isinstance(self.tp, int) and self.tp >= 1, "tp", self.tp, "an integer >= 1")
+        _check(_int(self.tp) and self.tp >= 1, "tp", self.tp, "an integer >= 1")
         _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
                self.num_gpu_blocks, "None or an integer >= 1")
-        if self.tp > 1:
-            raise NotImplementedError(f"tp={self.tp}: tensor parallelism is not implemented yet; use tp=1")
 
 
 # LMDeploy's two engine configs map to ours; their extra fields are accepted where harmless.

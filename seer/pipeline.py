@@ -21,6 +21,7 @@ import torch
 from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig,
                      engine_config_from)
 from .engine.engine import Engine, kv_cache_blocks
+from .engine.parallel import start_tp
 from .engine.request import PromptInputs, RequestOutput
 from .engine.runner import ModelRunner
 from .messages import split_batch, to_conversation
@@ -88,9 +89,19 @@ class Pipeline:
         self.vision_config = vision_config or VisionConfig()
         raw = read_config_json(str(model_path))
         family_cls = family_for(raw)
-        self.family: ModelFamily = family_cls(str(model_path), raw, self.engine_config, self.vision_config,
-                                              chat_template_config)
-        self.engine = _build_engine(self.family, self.engine_config, self.vision_config)
+        build = (str(model_path), raw, self.engine_config, self.vision_config, chat_template_config)
+        workers = tp = None
+        if self.engine_config.tp > 1:  # checked before any process starts
+            workers = start_tp(self.engine_config.tp, build, family_cls.tp_shape(raw, self.engine_config.tp))
+        try:
+            if workers is not None:
+                tp = workers.group()
+            self.family: ModelFamily = family_cls(*build, tp=tp)
+            self.engine = _build_engine(self.family, self.engine_config, self.vision_config, workers)
+        except BaseException:
+            if workers is not None:
+                workers.close()
+            raise
         self.tokenizer = self.family.tokenizer
         self._session_ids = itertools.count(1)
         self._closed = False
@@ -263,13 +274,12 @@ def _progress(total: int, use_tqdm: Optional[bool]):
     return tqdm(total=total, desc="seer", unit="req")
 
 
-def _build_engine(family: ModelFamily, cfg: EngineConfig, vcfg: VisionConfig) -> Engine:
+def _build_engine(family: ModelFamily, cfg: EngineConfig, vcfg: VisionConfig, workers=None) -> Engine:
     kv = family.kv_spec()
     num_blocks = kv_cache_blocks(cfg, kv.bytes_per_block(cfg.block_size), family.session_len, family.device)
-    window = family.model.spec.sliding_window
-    window = window if window and window < family.session_len else None  # no context can exceed it
-    runner = ModelRunner(family.model, kv, num_blocks, cfg.block_size, family.device,
-                         vcfg.max_batch_size, vcfg.feature_cache_size, window)
+    if workers is not None:
+        workers.start(num_blocks)
+    runner = ModelRunner.for_family(family, cfg, vcfg, num_blocks, workers)
     return Engine(runner, num_blocks, cfg, family.tokenizer, family.eos_token_ids, family.session_len)
 
 

@@ -248,9 +248,11 @@ def test_invalid_engine_config(field, value):
     assert field in str(e.value)
 
 
-def test_tensor_parallel_is_not_implemented():
-    with pytest.raises(NotImplementedError, match="tp"):
-        EngineConfig(tp=2)
+def test_tensor_parallel_needs_a_positive_integer():
+    for bad in (0, -1, 1.5, "2"):
+        with pytest.raises(ValueError, match="tp"):
+            EngineConfig(tp=bad)
+    assert EngineConfig(tp=2).tp == 2  # tests/test_tensor_parallel.py runs it
 
 
 @pytest.mark.parametrize("field,value", [("max_batch_size", 0), ("feature_cache_size", -1)])

@@ -91,11 +91,11 @@ class Engine:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         if not self._thread.is_alive():
-            self.runner.kv_caches = []  # the pool's memory goes back once nothing can touch it
+            self.runner.close()  # the pool's memory goes back (and workers end) once nothing can touch them
 
     @property
     def is_alive(self) -> bool:
-        return self._thread.is_alive() and not self._stop.is_set()
+        return self._thread.is_alive() and not self._stop.is_set() and self.runner.healthy
 
     @property
     def num_running(self) -> int:

@@ -39,8 +39,9 @@ class KVSpec:
 
 class ModelRunner:
     def __init__(self, model, kv: KVSpec, num_blocks: int, block_size: int, device: torch.device,
-                 vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None):
+                 vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None, workers=None):
         self.model = model
+        self.workers = workers  # tensor-parallel ranks 1.. (``parallel.Workers``): each step goes to them too
         self.kv = kv
         self.block_size = block_size
         self.device = device
@@ -61,10 +62,31 @@ class ModelRunner:
         # Models that mix full and sliding-window layers (Gemma 3) read ``meta.local`` in the latter.
         self.local_window = getattr(model, "local_window", None)
 
+    @classmethod
+    def for_family(cls, family, cfg, vcfg, num_blocks: int, workers=None) -> "ModelRunner":
+        """The runner of a loaded model family (``cfg``: its EngineConfig, ``vcfg``: VisionConfig)."""
+        window = family.model.spec.sliding_window
+        window = window if window and window < family.session_len else None  # no context can exceed it
+        return cls(family.model, family.kv_spec(), num_blocks, cfg.block_size, family.device,
+                   vcfg.max_batch_size, vcfg.feature_cache_size, window, workers)
+
+    @property
+    def healthy(self) -> bool:
+        """False once a tensor-parallel worker has died (the engine then reports itself unhealthy)."""
+        return self.workers is None or self.workers.alive
+
+    def close(self) -> None:
+        """Give the KV pool back and end the tensor-parallel workers, if any."""
+        self.kv_caches = []
+        if self.workers is not None:
+            self.workers.close()
+
     # ---- the step -------------------------------------------------------------------
     @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
         """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order."""
+        if self.workers is not None:
+            self.workers.send(step)
         self.zero_blocks(step.fresh_blocks)
         dev = self.device
         input_ids = torch.tensor(step.input_ids, dtype=torch.long, device=dev)

@@ -19,6 +19,7 @@ import torch
 from ..chat_template import resolve_chat_template
 from ..config import ChatTemplateConfig, EngineConfig, VisionConfig
 from ..engine.request import MMItem, PromptInputs
+from ..engine.parallel import SINGLE, TPGroup
 from ..engine.runner import KVSpec
 from ..vl import image_hash
 
@@ -185,7 +186,8 @@ class ModelFamily:
     image_placeholder = ""  # text a built-in chat template puts where an image goes
 
     def __init__(self, path: str, raw_config: dict, engine_cfg: EngineConfig, vision_cfg: VisionConfig,
-                 template_cfg: Optional[ChatTemplateConfig]):
+                 template_cfg: Optional[ChatTemplateConfig], tp: Optional[TPGroup] = None):
+        self.tp = tp or SINGLE  # this process's rank of the tensor-parallel group
         self.path = path
         self.raw_config = raw_config
         self.engine_cfg = engine_cfg
@@ -211,6 +213,13 @@ class ModelFamily:
 
     def build_model(self) -> torch.nn.Module:
         raise NotImplementedError
+
+    @classmethod
+    def tp_shape(cls, raw_config: dict, tp: int) -> tuple[int, int, int]:
+        """(attention heads, KV heads, MLP width) of the decoder that ``tp`` ranks split, from the
+        raw config.json, before any process starts; families that cannot split say so here."""
+        raise ValueError(f"tp={tp}: tensor parallelism is supported for the text decoders (Llama, Mistral, "
+                         f"Qwen2, Qwen3, InternLM2) so far, not yet for {cls.__name__}; use tp=1")
 
     def image_inputs(self, image) -> tuple[int, object]:
         """(placeholder tokens, what the model's ``encode_images`` takes for it) for one image."""
@@ -247,7 +256,7 @@ class ModelFamily:
 
     def kv_spec(self) -> KVSpec:
         s = self.model.spec
-        return KVSpec(s.num_layers, s.num_kv_heads, s.head_dim, self.dtype)
+        return KVSpec(s.num_layers, getattr(s, "local_kv_heads", s.num_kv_heads), s.head_dim, self.dtype)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()

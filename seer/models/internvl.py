@@ -542,8 +542,8 @@ class InternVLChatFamily(InternVLFamily):
 
     architectures = ("InternVLChatModel",)
 
-    def __init__(self, path, raw_config, engine_cfg, vision_cfg, template_cfg):
-        super().__init__(path, raw_config, engine_cfg, vision_cfg, template_cfg)
+    def __init__(self, path, raw_config, engine_cfg, vision_cfg, template_cfg, tp=None):
+        super().__init__(path, raw_config, engine_cfg, vision_cfg, template_cfg, tp)
         # The original ``chat`` renders with the conversation template ``template`` names, whatever
         # chat template the tokenizer files carry.
         named = raw_config.get("template")

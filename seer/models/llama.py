@@ -8,6 +8,7 @@ over all of its packed tokens.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
@@ -40,6 +42,26 @@ class DecoderSpec:
     tie_word_embeddings: bool = False
     sliding_window: Optional[int] = None
     max_position_embeddings: int = 4096
+    tp_rank: int = 0  # tensor parallelism: this rank holds its share of heads and MLP width
+    tp_size: int = 1
+
+    @property
+    def local_heads(self) -> int:
+        return self.num_heads // self.tp_size
+
+    @property
+    def local_kv_heads(self) -> int:
+        """KV heads split over the ranks, or, when there are fewer than ranks, one each (replicated)."""
+        return max(1, self.num_kv_heads // self.tp_size)
+
+    @property
+    def first_kv_head(self) -> int:
+        return self.tp_rank * self.num_kv_heads // self.tp_size if self.num_kv_heads < self.tp_size \
+            else self.tp_rank * self.local_kv_heads
+
+    @property
+    def local_intermediate(self) -> int:
+        return self.intermediate_size // self.tp_size
 
     @classmethod
     def from_hf(cls, c) -> "DecoderSpec":
@@ -64,10 +86,13 @@ class DecoderSpec:
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, s: DecoderSpec):
+    """One decoder layer; with ``tp`` ranks it holds this rank's heads and MLP columns, and the
+    outputs of ``o_proj`` and ``down_proj`` (partial sums) are all-reduced."""
+
+    def __init__(self, s: DecoderSpec, tp: TPGroup = SINGLE):
         super().__init__()
-        self.s = s
-        self.q_size, self.kv_size = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        self.s, self.tp = s, tp
+        self.q_size, self.kv_size = s.local_heads * s.head_dim, s.local_kv_heads * s.head_dim
         self.input_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.qkv_proj = Linear(s.hidden_size, self.q_size + 2 * self.kv_size, bias=s.qkv_bias)
         self.o_proj = Linear(self.q_size, s.hidden_size, bias=False)
@@ -75,43 +100,43 @@ class DecoderLayer(nn.Module):
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
             self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.gate_up_proj = Linear(s.hidden_size, 2 * s.intermediate_size, bias=False)
-        self.down_proj = Linear(s.intermediate_size, s.hidden_size, bias=False)
+        self.gate_up_proj = Linear(s.hidden_size, 2 * s.local_intermediate, bias=False)
+        self.down_proj = Linear(s.local_intermediate, s.hidden_size, bias=False)
 
     def shard(self, param: str, shard) -> tuple[int, int]:
         """Row range of a fused parameter that one checkpoint tensor fills."""
         if param.startswith("qkv_proj"):
             return {"q": (0, self.q_size), "k": (self.q_size, self.kv_size),
                     "v": (self.q_size + self.kv_size, self.kv_size)}[shard]
-        n = self.s.intermediate_size
+        n = self.s.local_intermediate
         return (0, n) if shard == 0 else (n, n)
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata):
         s = self.s
         h = self.input_layernorm(x)
         q, k, v = self.qkv_proj(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, s.num_heads, s.head_dim)
-        k = k.view(-1, s.num_kv_heads, s.head_dim)
-        v = v.view(-1, s.num_kv_heads, s.head_dim)
+        q = q.view(-1, s.local_heads, s.head_dim)
+        k = k.view(-1, s.local_kv_heads, s.head_dim)
+        v = v.view(-1, s.local_kv_heads, s.head_dim)
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, k, *rope)
         o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, s.head_dim ** -0.5)
-        x = x + self.o_proj(o.view(-1, self.q_size))
+        x = x + self.tp.all_reduce(self.o_proj(o.view(-1, self.q_size)))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        return x + self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
 
 
 class LlamaForCausalLM(nn.Module):
     """A decoder over packed tokens. Its parameter names follow transformers' minus ``model.``."""
 
-    def __init__(self, hf_text_config, max_positions: int):
+    def __init__(self, hf_text_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
-        self.spec = s = DecoderSpec.from_hf(hf_text_config)
+        self.spec = s = dataclasses.replace(DecoderSpec.from_hf(hf_text_config), tp_rank=tp.rank, tp_size=tp.size)
         self.hf_text_config = hf_text_config
         self.max_positions = max_positions
         self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(s) for _ in range(s.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(s, tp) for _ in range(s.num_layers))
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
         self.rotary: Optional[nn.Module] = None
@@ -167,6 +192,7 @@ class LlamaForCausalLM(nn.Module):
                 if name not in params:
                     raise ValueError(f"checkpoint tensor {ckpt_name!r} maps to unknown parameter {name!r}")
                 p = params[name]
+                w = self._tp_slice(name, shard, w)
                 if shard is None:
                     target = p.data
                 else:
@@ -182,6 +208,25 @@ class LlamaForCausalLM(nn.Module):
         missing = [n for n in params if n not in names and not (n == "lm_head.weight" and self.spec.tie_word_embeddings)]
         if missing:
             raise ValueError(f"checkpoint is missing weights: {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+
+
+    def _tp_slice(self, name: str, shard, w: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a checkpoint tensor: q/k/v and gate/up rows, o and down columns."""
+        s = self.spec
+        if s.tp_size == 1:
+            return w
+        hd, r = s.head_dim, s.tp_rank
+        if shard == "q":
+            return w.narrow(0, r * s.local_heads * hd, s.local_heads * hd)
+        if shard in ("k", "v"):
+            return w.narrow(0, s.first_kv_head * hd, s.local_kv_heads * hd)
+        if shard in (0, 1):
+            return w.narrow(0, r * s.local_intermediate, s.local_intermediate)
+        if name.endswith("o_proj.weight"):
+            return w.narrow(1, r * s.local_heads * hd, s.local_heads * hd)
+        if name.endswith("down_proj.weight"):
+            return w.narrow(1, r * s.local_intermediate, s.local_intermediate)
+        return w
 
 
 def internlm2_to_llama_config(raw: dict):

@@ -1,0 +1,99 @@
+"""Tensor parallelism on the CPU (gloo): ``EngineConfig(tp=N)`` runs N ranks, one process each.
+
+Greedy tokens at tp=2 equal tp=1 (and transformers) for each text decoder family, inside
+batches with prefix-cache hits, chunked prefill and preemption; KV heads fewer than the
+ranks are replicated (tp=4 over 2 KV heads); a tp that does not divide the model is a
+ValueError before any process starts; close() leaves no worker behind; a worker that dies
+fails the next step with a message naming its rank, and nothing hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+import tiny_models as tm
+from seer import EngineConfig, GenerationConfig, TurbomindEngineConfig, pipeline
+
+GEN = GenerationConfig(max_new_tokens=12, ignore_eos=True)
+PROMPTS = ["hello there", "a longer prompt about red circles, blue squares and green stars", "x",
+           "hello there, and more"]  # the last shares a prefix with the first
+
+
+def _children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _tokens(path, cfg=None, prompts=PROMPTS, gen=GEN):
+    with pipeline(path, cfg) as pipe:
+        return [r.token_ids for r in pipe(prompts, gen_config=gen)]
+
+
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "qwen3", "internlm2"])
+def test_tp2_gives_the_tokens_of_tp1(arch, request, tmp_path_factory):
+    path = request.getfixturevalue("tiny_internlm2")[0] if arch == "internlm2" else \
+        request.getfixturevalue(f"tiny_{arch}")
+    want = _tokens(path)
+    before = _children()
+    assert _tokens(path, EngineConfig(tp=2)) == want
+    assert _children() <= before  # the worker is gone after close()
+
+
+def test_tp2_equals_transformers(tiny_llama):
+    msgs = [{"role": "user", "content": "hello there"}]
+    want = tm.hf_greedy(tiny_llama, tm.hf_inputs(tiny_llama, msgs), max_new_tokens=12, ignore_eos=True)
+    with pipeline(tiny_llama, EngineConfig(tp=2)) as pipe:
+        assert pipe(msgs, gen_config=GEN).token_ids == want
+
+
+def test_tp2_batches_are_invariant(tiny_llama):
+    """Alone at tp=1 vs one tp=2 batch with a warm prefix cache, 7-token prefill chunks and a pool
+    small enough that sequences are preempted."""
+    alone = [_tokens(tiny_llama, prompts=[p])[0] for p in PROMPTS]
+    cfg = EngineConfig(tp=2, max_prefill_token_num=7, num_gpu_blocks=12, block_size=4)
+    with pipeline(tiny_llama, cfg) as pipe:
+        pipe(PROMPTS[:1], gen_config=GEN)  # warms the prefix cache
+        got = [r.token_ids for r in pipe(PROMPTS * 2, gen_config=GEN.replace(max_new_tokens=12))]
+        assert pipe.engine.scheduler.num_preemptions > 0
+        assert pipe.engine.snapshot().prefix_hit_tokens > 0
+    assert got == alone * 2
+
+
+def test_kv_heads_fewer_than_ranks_are_replicated(tiny_llama):
+    """tp=4 over 2 KV heads: each KV head is held by two ranks."""
+    assert _tokens(tiny_llama, EngineConfig(tp=4), prompts=PROMPTS[:2]) == _tokens(tiny_llama, prompts=PROMPTS[:2])
+
+
+def test_a_tp_that_does_not_divide_is_refused_before_any_process(tiny_llama, tiny_llava):
+    before = _children()
+    with pytest.raises(ValueError, match=r"tp=3 does not divide .*num_attention_heads=4"):
+        pipeline(tiny_llama, EngineConfig(tp=3))
+    with pytest.raises(ValueError, match="not yet for"):
+        pipeline(tiny_llava, EngineConfig(tp=2))
+    assert _children() == before
+
+
+def test_lmdeploy_example_runs(tiny_llama):
+    with pipeline(tiny_llama, backend_config=TurbomindEngineConfig(tp=2, session_len=8192)) as pipe:
+        r = pipe("hello there", gen_config=GEN)
+        assert r.generate_token_len == 12 and pipe.session_len == 8192
+
+
+def test_a_dead_rank_fails_the_step_and_names_it(tiny_llama):
+    pipe = pipeline(tiny_llama, EngineConfig(tp=2))
+    try:
+        (worker,) = pipe.engine.runner.workers.pids
+        os.kill(worker, signal.SIGKILL)
+        psutil.Process(worker).wait(10)
+        t = time.monotonic()
+        r = pipe(["hello", "there"], gen_config=GEN)
+        assert time.monotonic() - t < 10
+        assert all(x.finish_reason == "error" and "rank 1" in x.error for x in r)
+        assert not pipe.engine.is_alive  # what /health reports
+    finally:
+        pipe.close()
+    assert worker not in _children()
