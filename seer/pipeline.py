@@ -92,7 +92,8 @@ class Pipeline:
         build = (str(model_path), raw, self.engine_config, self.vision_config, chat_template_config)
         workers = tp = None
         if self.engine_config.tp > 1:  # checked before any process starts
-            workers = start_tp(self.engine_config.tp, build, family_cls.tp_shape(raw, self.engine_config.tp))
+            workers = start_tp(self.engine_config.tp, build,
+                               family_cls.tp_shape(str(model_path), raw, self.engine_config.tp))
         try:
             if workers is not None:
                 tp = workers.group()

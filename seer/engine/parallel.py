@@ -6,8 +6,9 @@ Ranks 1..N-1 are worker processes (fresh interpreters: ``python -m seer.engine.t
 caller's script needs no ``if __name__ == "__main__"`` guard); each builds the same model family with its
 ``TPGroup``, so its decoder holds only its slices (Megatron-style: q/k/v and gate/up split by
 output rows, o and down by input columns with one all-reduce each; KV heads split, or
-replicated when there are fewer than N; embeddings, norms and the LM head replicated), and its
-own KV pool of its heads. Every step rank 0's runner sends the engine's ``StepInput`` (plain
+replicated when there are fewer than N; embeddings, norms and the LM head replicated; a VLM's
+vision tower whole on every rank, so each has the features it scatters without a broadcast),
+and its own KV pool of its heads. Every step rank 0's runner sends the engine's ``StepInput`` (plain
 data, ``step.py``) to each worker through a pipe, every rank runs the forward, and rank 0's
 logits are the step's.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -104,7 +106,7 @@ def worker_main(argv=None) -> int:
         return 1
     while True:
         try:
-            step = conn.recv()
+            step = pickle.loads(conn.recv_bytes())
         except (EOFError, OSError):  # rank 0 went away
             return 0
         if step is None:
@@ -173,13 +175,16 @@ class Workers:
             if p.poll() is not None:
                 raise RuntimeError(f"tensor-parallel rank {rank} (pid {p.pid}) has died (exit code {p.returncode}); "
                                    "the engine cannot run without it")
+        # Plain pickle: tensors (pixels) travel inline, not as shared-memory handles, which
+        # multiprocessing's reducers would make and these processes could not open.
+        data = pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL)
         for c in self.conns:
-            c.send(step)
+            c.send_bytes(data)
 
     def close(self, timeout: float = 5.0) -> None:
         for c in self.conns:
             try:
-                c.send(None)
+                c.send_bytes(pickle.dumps(None))
             except (OSError, ValueError):
                 pass
         for p in self.procs:

@@ -215,11 +215,13 @@ class ModelFamily:
         raise NotImplementedError
 
     @classmethod
-    def tp_shape(cls, raw_config: dict, tp: int) -> tuple[int, int, int]:
-        """(attention heads, KV heads, MLP width) of the decoder that ``tp`` ranks split, from the
-        raw config.json, before any process starts; families that cannot split say so here."""
-        raise ValueError(f"tp={tp}: tensor parallelism is supported for the text decoders (Llama, Mistral, "
-                         f"Qwen2, Qwen3, InternLM2) so far, not yet for {cls.__name__}; use tp=1")
+    def tp_shape(cls, path: str, raw_config: dict, tp: int) -> tuple[int, int, int]:
+        """(attention heads, KV heads, MLP width) of the decoder that ``tp`` ranks split, read before
+        any process starts; families whose decoder cannot be split yet say so here."""
+        raise ValueError(f"tp={tp}: tensor parallelism is not supported for {cls.__name__} yet; it is for the "
+                         f"Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, InternLM2, and under LLaVA, "
+                         f"LLaVA-NeXT, Qwen2-VL, InternVL, DeepSeek-VL, Idefics3 in transformers layout); use tp=1")
+
 
     def image_inputs(self, image) -> tuple[int, object]:
         """(placeholder tokens, what the model's ``encode_images`` takes for it) for one image."""
@@ -335,3 +337,12 @@ def _tensor_hash(t: torch.Tensor) -> str:
     import hashlib
 
     return hashlib.blake2b(t.detach().float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+
+
+def decoder_tp_shape(path: str) -> tuple[int, int, int]:
+    """``ModelFamily.tp_shape`` of a transformers-layout folder: from its config's text config."""
+    from transformers import AutoConfig
+
+    text = AutoConfig.from_pretrained(path).get_text_config()
+    heads = text.num_attention_heads
+    return heads, getattr(text, "num_key_value_heads", None) or heads, text.intermediate_size

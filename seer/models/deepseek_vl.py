@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from .llama import LlamaForCausalLM
 from .llava import LlavaFamily
 from .vlm import VisionLanguageModel
@@ -89,13 +90,13 @@ class DeepseekVLVision(nn.Module):
 
 
 class DeepseekVLForConditionalGeneration(VisionLanguageModel):
-    def __init__(self, hf_config, max_positions: int):
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
         text = hf_config.text_config
         if getattr(hf_config, "tie_word_embeddings", False):
             text.tie_word_embeddings = True
-        self.language_model = LlamaForCausalLM(text, max_positions)
+        self.language_model = LlamaForCausalLM(text, max_positions, tp)
         self.vision = None  # built in finish_init, outside the meta device
         self._vision_state: dict[str, torch.Tensor] = {}
 
@@ -141,7 +142,7 @@ class DeepseekVLFamily(LlavaFamily):
         return (v.image_size // v.patch_size) ** 2
 
     def build_model(self):
-        return DeepseekVLForConditionalGeneration(self.hf_config, self.session_len)
+        return DeepseekVLForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def image_inputs(self, image):
         out = self.image_processor(images=[image], return_tensors="pt")

@@ -33,7 +33,7 @@ import os
 import re
 import torch
 
-from .base import checkpoint_shapes, checkpoint_tensors, read_config_json
+from .base import ModelFamily, checkpoint_shapes, checkpoint_tensors, read_config_json
 from .deepseek_vl import DeepseekVLFamily, DeepseekVLForConditionalGeneration
 
 IMAGE_TAG = "<image_placeholder>"
@@ -290,6 +290,7 @@ class OriginalImageProcessor:
 
 class DeepseekVLOriginalFamily(DeepseekVLFamily):
     """``MultiModalityCausalLM``: the original layout on the transformers-layout modules."""
+    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
 
     architectures = ("MultiModalityCausalLM",)
 

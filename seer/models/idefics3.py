@@ -41,9 +41,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
-from .base import ModelFamily, load_image_processor
+from .base import ModelFamily, decoder_tp_shape, load_image_processor
 from .llama import LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
@@ -94,10 +95,10 @@ class Idefics3Connector(nn.Module):
 
 
 class Idefics3ForConditionalGeneration(VisionLanguageModel):
-    def __init__(self, hf_config, max_positions: int):
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
-        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
+        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions, tp)
         # lm_head may be missing from the checkpoint (tied); decided after loading (load_weights).
         self.language_model.spec.tie_word_embeddings = True
         self.connector = Idefics3Connector(hf_config.vision_config.hidden_size, hf_config.text_config.hidden_size,
@@ -189,6 +190,10 @@ class Idefics3Family(ModelFamily):
     accepts_images = True
     image_placeholder = "<image>"  # for built-in chat templates
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = self._load_image_processor()
@@ -233,7 +238,7 @@ class Idefics3Family(ModelFamily):
         return int(((v.image_size // v.patch_size) ** 2) / (self.hf_config.scale_factor ** 2))
 
     def build_model(self):
-        return Idefics3ForConditionalGeneration(self.hf_config, self.session_len)
+        return Idefics3ForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     # ---- images -> tiles and prompt text ---------------------------------------------------
     def image_inputs(self, image):

@@ -54,8 +54,9 @@ from torch import nn
 from ..chat_template import ChatTemplate, get_builtin
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
-from .base import (ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, load_image_processor,
-                   read_config_json)
+from ..engine.parallel import SINGLE, TPGroup
+from .base import (ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, decoder_tp_shape,
+                   load_image_processor, read_config_json)
 from .llama import LlamaForCausalLM, internlm2_to_llama_config
 from .vlm import VisionLanguageModel
 
@@ -168,12 +169,12 @@ class InternVLForConditionalGeneration(VisionLanguageModel):
     ``model.multi_modal_projector.*``, ``model.language_model.*``, ``lm_head.*``)."""
 
     def __init__(self, hf_config, max_positions: int, tie_word_embeddings: bool = False, ps_version: str = "v2",
-                 qk_norm_eps: Optional[float] = None):
+                 qk_norm_eps: Optional[float] = None, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
         if getattr(hf_config, "vision_feature_select_strategy", "default") != "default":
             raise ValueError("vision_feature_select_strategy must be 'default' (the CLS token dropped) for InternVL")
-        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
+        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions, tp)
         self.language_model.spec.tie_word_embeddings = tie_word_embeddings
         self.multi_modal_projector = InternVLProjector(hf_config)
         self.ps_version = ps_version
@@ -274,6 +275,10 @@ def _has_lm_head(names) -> bool:
 class InternVLFamily(ModelFamily):
     """``InternVLForConditionalGeneration`` (transformers layout)."""
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
+
     architectures = ("InternVLForConditionalGeneration",)
     accepts_images = True
 
@@ -315,7 +320,7 @@ class InternVLFamily(ModelFamily):
         # (it keeps both when they differ); a checkpoint without one is tied.
         tie = not _has_lm_head(checkpoint_names(self.path))
         return InternVLForConditionalGeneration(self.hf_config, self.session_len, tie_word_embeddings=tie,
-                                                **self.model_options())
+                                                **self.model_options(), tp=self.tp)
 
     def model_options(self) -> dict:
         return {}
@@ -541,6 +546,7 @@ class InternVLChatFamily(InternVLFamily):
     """``InternVLChatModel`` (the original OpenGVLab layout; its code is never run)."""
 
     architectures = ("InternVLChatModel",)
+    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
 
     def __init__(self, path, raw_config, engine_cfg, vision_cfg, template_cfg, tp=None):
         super().__init__(path, raw_config, engine_cfg, vision_cfg, template_cfg, tp)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import ModelFamily, load_image_processor
+from ..engine.parallel import SINGLE, TPGroup
+from .base import ModelFamily, decoder_tp_shape, load_image_processor
 from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
@@ -47,10 +48,10 @@ class LlavaProjector(nn.Module):
 
 
 class LlavaForConditionalGeneration(VisionLanguageModel):
-    def __init__(self, hf_config, max_positions: int):
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
-        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
+        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions, tp)
         self.multi_modal_projector = LlavaProjector(hf_config)
         self.vision_tower = None  # built in finish_init, outside the meta device
         self._vision_state: dict[str, torch.Tensor] = {}
@@ -110,6 +111,10 @@ class LlavaFamily(ModelFamily):
     architectures = ("LlavaForConditionalGeneration",)
     accepts_images = True
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = self.load_image_processor()
@@ -134,7 +139,7 @@ class LlavaFamily(ModelFamily):
         return self.tokenizer.convert_ids_to_tokens(self.image_token_id) + "\n"
 
     def build_model(self):
-        return LlavaForConditionalGeneration(self.hf_config, self.session_len)
+        return LlavaForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def image_inputs(self, image):
         pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from .llava import LlavaFamily, LlavaForConditionalGeneration
 
 _NEWLINE = ("model.image_newline", "image_newline")
@@ -48,8 +49,8 @@ def unpadded_size(orig_h: int, orig_w: int, cur_h: int, cur_w: int) -> tuple[int
 
 
 class LlavaNextForConditionalGeneration(LlavaForConditionalGeneration):
-    def __init__(self, hf_config, max_positions: int):
-        super().__init__(hf_config, max_positions)
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
+        super().__init__(hf_config, max_positions, tp)
         self.image_newline = nn.Parameter(torch.empty(hf_config.text_config.hidden_size))
 
     def load_weights(self, weights) -> None:
@@ -97,7 +98,7 @@ class LlavaNextFamily(LlavaFamily):
     architectures = ("LlavaNextForConditionalGeneration",)
 
     def build_model(self):
-        return LlavaNextForConditionalGeneration(self.hf_config, self.session_len)
+        return LlavaNextForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def num_image_tokens(self, height: int, width: int) -> int:
         v = self.hf_config.vision_config

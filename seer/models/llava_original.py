@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..engine.request import PromptInputs
-from .base import checkpoint_names, checkpoint_tensors, load_image_processor
+from .base import ModelFamily, checkpoint_names, checkpoint_tensors, load_image_processor
 from .llava import LlavaFamily, LlavaForConditionalGeneration
 from .llava_next import LlavaNextFamily, LlavaNextForConditionalGeneration
 
@@ -171,6 +171,7 @@ class _OriginalMixin:
 
 class LlavaOriginalFamily(_OriginalMixin, LlavaFamily):
     architectures = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM")
+    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
 
     def build_model(self):
         if getattr(self.hf_config, "image_grid_pinpoints", None):

@@ -39,10 +39,11 @@ from typing import Optional
 
 import torch
 
+from ..engine.parallel import SINGLE, TPGroup
 from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from ..vl.video import video_hash
-from .base import ModelFamily, load_image_processor, processor_settings
+from .base import ModelFamily, decoder_tp_shape, load_image_processor, processor_settings
 from .vlm import VisionLanguageModel
 from .llama import LlamaForCausalLM
 
@@ -95,10 +96,10 @@ def mrope_positions(num_tokens: int, grids: list[tuple[int, tuple[int, int, int]
 class Qwen2VLForConditionalGeneration(VisionLanguageModel):
     mrope = True  # the runner passes [3, T] positions
 
-    def __init__(self, hf_config, max_positions: int):
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
-        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions)
+        self.language_model = LlamaForCausalLM(hf_config.text_config, max_positions, tp)
         self.language_model.spec.tie_word_embeddings = bool(
             getattr(hf_config, "tie_word_embeddings", False)
             or getattr(hf_config.text_config, "tie_word_embeddings", False))
@@ -156,6 +157,10 @@ class Qwen2VLFamily(ModelFamily):
     accepts_videos = True
     image_placeholder = "<|vision_start|><|image_pad|><|vision_end|>"  # for built-in chat templates
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.image_processor = ip = load_image_processor(self.path)
@@ -169,7 +174,7 @@ class Qwen2VLFamily(ModelFamily):
                                "video": tuple(e or d for e, d in zip(engine, _video_bounds(self.path, image)))}
 
     def build_model(self):
-        return Qwen2VLForConditionalGeneration(self.hf_config, self.session_len)
+        return Qwen2VLForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     # ---- conversation -> tokens ------------------------------------------------------------
     def encode(self, conversation: list[dict]) -> PromptInputs:

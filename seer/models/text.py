@@ -10,7 +10,7 @@ class _LlamaSplits:
     """The decoder splits over tensor-parallel ranks (see ``seer.engine.parallel``)."""
 
     @classmethod
-    def tp_shape(cls, raw: dict, tp: int) -> tuple[int, int, int]:
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
         heads = raw["num_attention_heads"]
         return heads, raw.get("num_key_value_heads") or heads, raw["intermediate_size"]
 
