@@ -48,8 +48,9 @@ def prompts(n: int) -> list[str]:
     return [f"Request {i}: tell me a story about a red circle and a blue square" for i in range(n)]
 
 
-def child(engine: str, batch: int, device: str = "cpu") -> dict:
-    """One engine at one batch size; on ``cuda`` both engines run in bf16, on ``cpu`` in fp32."""
+def child(engine: str, batch: int, device: str = "cpu", tp: int = 1) -> dict:
+    """One engine at one batch size; on ``cuda`` both engines run in bf16, on ``cpu`` in fp32.
+    ``tp`` > 1 (seer only): that many tensor-parallel ranks; the result adds each rank's RSS."""
     import torch
 
     torch.set_num_threads(2)
@@ -58,7 +59,7 @@ def child(engine: str, batch: int, device: str = "cpu") -> dict:
         from seer import EngineConfig, GenerationConfig, pipeline
 
         pipe = pipeline(MODEL, EngineConfig(max_batch_size=max(batch, 1), num_gpu_blocks=batch * 12 + 8,
-                                            device=device, dtype=str(dtype).split(".")[1]),
+                                            device=device, dtype=str(dtype).split(".")[1], tp=tp),
                         chat_template_config=None)
         gen = GenerationConfig(max_new_tokens=NEW, ignore_eos=True)
         pipe("warm up", gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True))
@@ -67,6 +68,13 @@ def child(engine: str, batch: int, device: str = "cpu") -> dict:
         _sync(device)
         dt = time.perf_counter() - t
         assert all(r.generate_token_len == NEW for r in out)
+        if tp > 1:
+            import psutil
+
+            workers = pipe.engine.runner.workers.pids
+            rss = [psutil.Process().memory_info().rss] + [psutil.Process(p).memory_info().rss for p in workers]
+            return {"engine": f"seer tp={tp}", "batch": batch, "seconds": dt, "tok_s": batch * NEW / dt,
+                    "rss_mib": [round(r / 2**20) for r in rss]}
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,17 +108,19 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--engines", default="seer,transformers")
     ap.add_argument("--device", default="cpu", help="cpu (fp32) or cuda (bf16, both engines)")
+    ap.add_argument("--tp", type=int, default=1, help="seer's tensor-parallel ranks")
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md (cpu only)")
     ap.add_argument("--child", nargs=2, metavar=("ENGINE", "BATCH"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:
-        print("RESULT " + json.dumps(child(a.child[0], int(a.child[1]), a.device)))
+        print("RESULT " + json.dumps(child(a.child[0], int(a.child[1]), a.device, a.tp)))
         return 0
     build()
     rows = []
     for b in [int(x) for x in a.batches.split(",")]:
         for eng in a.engines.split(","):
-            out = subprocess.run([sys.executable, __file__, "--device", a.device, "--child", eng, str(b)],
+            out = subprocess.run([sys.executable, __file__, "--device", a.device, "--tp", str(a.tp), "--child", eng,
+                                  str(b)],
                                  capture_output=True, text=True)
             line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if not line:
@@ -118,8 +128,9 @@ def main(argv=None) -> int:
                 return 1
             r = json.loads(line[0][7:])
             rows.append(r)
-            print(f"{eng:>12} batch {b:>3}: {r['tok_s']:7.1f} tok/s ({r['seconds']:.1f} s)", flush=True)
-    if a.write and a.device == "cpu":
+            print(f"{r['engine']:>12} batch {b:>3}: {r['tok_s']:7.1f} tok/s ({r['seconds']:.1f} s)"
+                  + (f", RSS per rank {r['rss_mib']} MiB" if "rss_mib" in r else ""), flush=True)
+    if a.write and a.device == "cpu" and a.tp == 1:
         from offline import machine_info, write_section
 
         info = machine_info()
