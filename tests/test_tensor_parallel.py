@@ -124,3 +124,28 @@ def test_a_dead_rank_fails_the_step_and_names_it(tiny_llama):
     finally:
         pipe.close()
     assert worker not in _children()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
+def test_serve_tp2_leaves_no_worker_behind(tiny_llama, sig):
+    """``seer serve --tp 2`` answers; after SIGTERM or Ctrl-C (SIGINT), or even SIGKILL of the
+    server, whose workers then see their socket close, no worker process is left."""
+    import httpx
+
+    from server_proc import ServerProcess
+
+    server = ServerProcess.start(tiny_llama, "--tp", "2", "--model-name", "m", timeout=120)
+    try:
+        workers = [p for p in psutil.Process(server.proc.pid).children(recursive=True)
+                   if "seer.engine.tp_worker" in " ".join(p.cmdline())]
+        assert len(workers) == 1
+        r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
+            "model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
+        server.proc.send_signal(sig)
+        server.proc.wait(60)
+        gone, alive = psutil.wait_procs(workers, timeout=30)
+        assert not alive, [p.pid for p in alive]
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
