@@ -129,7 +129,7 @@ class EngineConfig:
     max_prefill_token_num: int = 4096  # max tokens in one step (chunked prefill splits longer prompts)
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     device: Optional[str] = None  # None: cuda when available, else cpu
-    tp: int = 1  # tensor-parallel ranks (processes); > 1: text decoders so far (seer.engine.parallel)
+    tp: int = 1  # tensor-parallel ranks, one process each (seer.engine.parallel; families: ModelFamily.tp_shape)
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
 

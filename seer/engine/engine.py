@@ -1,10 +1,11 @@
 """The engine: a step loop in a background thread, fed by a thread-safe inbox.
 
 One step is three calls: ``scheduler.schedule()`` -> ``runner.execute(StepInput)`` (plain
-data, ``step.py``; the runner answers with logits) + sampling -> ``_update()``, which appends the sampled tokens, detokenizes, checks the stop
-conditions, delivers a ``RequestOutput`` delta to each touched request's sink and
-finishes what is done. Requests enter and leave only between steps, through the inbox,
-so the scheduler and block manager are only ever touched by the loop thread.
+data, ``step.py``; the runner answers with logits) + sampling -> ``_update()``, which
+appends the sampled tokens, detokenizes, checks the stop conditions, delivers a
+``RequestOutput`` delta to each touched request's sink and finishes what is done. Requests
+enter and leave only between steps, through the inbox, so the scheduler and block manager
+are only ever touched by the loop thread.
 
 A failing step fails the requests that were in it (finish_reason "error") and the loop
 goes on; one bad request never takes the others down.

@@ -28,7 +28,7 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -70,13 +70,18 @@ def check_tp(tp: int, heads: int, kv_heads: int, intermediate: int) -> None:
         raise ValueError(f"tp={tp} does not divide this model's {', '.join(bad)}; pick a tp that divides them")
 
 
-def _group(port: int, rank: int, size: int, is_master: bool = False, store=None) -> TPGroup:
+def _store(port: int = 0):
+    """The group's rendezvous on 127.0.0.1: port 0 makes it (rank 0), a port joins it."""
     import torch.distributed as dist
 
-    timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)
-    if store is None:
-        store = dist.TCPStore("127.0.0.1", port, None, is_master, timeout=timeout, wait_for_workers=False)
-    return TPGroup(rank, size, dist.ProcessGroupGloo(store, rank, size, timeout))
+    return dist.TCPStore("127.0.0.1", port, None, port == 0, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT),
+                         wait_for_workers=False)
+
+
+def _group(store, rank: int, size: int) -> TPGroup:
+    import torch.distributed as dist
+
+    return TPGroup(rank, size, dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)))
 
 
 def worker_main(argv=None) -> int:
@@ -97,7 +102,7 @@ def worker_main(argv=None) -> int:
     conn.send(a.rank)
     try:
         path, raw, ecfg, vcfg, tcfg = conn.recv()
-        tp = _group(a.store_port, a.rank, a.size)
+        tp = _group(_store(a.store_port), a.rank, a.size)
         family = family_for(raw)(path, raw, ecfg, vcfg, tcfg, tp=tp)
         runner = ModelRunner.for_family(family, ecfg, vcfg, conn.recv())
         conn.send(("ready", None))
@@ -130,12 +135,9 @@ class Workers:
         import sys
         from multiprocessing.connection import Listener
 
-        import torch.distributed as dist
-
         self.size = size
         threads = max(1, (os.cpu_count() or 1) // size)
-        timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)
-        self.store = dist.TCPStore("127.0.0.1", 0, None, True, timeout=timeout, wait_for_workers=False)
+        self.store = _store()
         key = secrets.token_bytes(32)
         listener = Listener(("127.0.0.1", 0), authkey=key)
         env = {**os.environ, _AUTHKEY_ENV: key.hex()}
@@ -157,7 +159,7 @@ class Workers:
 
     def group(self) -> TPGroup:
         """Rank 0's group (blocks until every worker has joined)."""
-        return _group(self.store.port, 0, self.size, store=self.store)
+        return _group(self.store, 0, self.size)
 
     def start(self, num_blocks: int) -> None:
         """Tell the workers the pool size and wait until each has its runner."""
@@ -206,8 +208,8 @@ class Workers:
         return [p.pid for p in self.procs]
 
 
-def start_tp(size: int, build: tuple, check: Optional[tuple] = None) -> Workers:
-    """Validate, then start the workers of a ``size``-rank group (``build``: what the family takes)."""
-    if check is not None:
-        check_tp(size, *check)
+def start_tp(size: int, build: tuple, shape: tuple[int, int, int]) -> Workers:
+    """Check ``size`` against the decoder's ``shape`` (``ModelFamily.tp_shape``), then start the
+    workers of a ``size``-rank group (``build``: the arguments the model family takes)."""
+    check_tp(size, *shape)
     return Workers(size, build)

@@ -2,9 +2,9 @@
 
 The runner owns the device state: the KV-cache tensors, the gather workspace and
 the image-feature cache. It turns a ``StepInput`` (plain data, see ``step.py``) into
-tensors, encodes the images the step needs (batched, ``VisionConfig.max_batch_size`` per forward, each
-distinct image once thanks to the feature cache keyed by content hash), scatters
-their features over the placeholder tokens, runs the model and returns the logits
+tensors, encodes the images the step needs (batched, ``VisionConfig.max_batch_size`` per
+forward, each distinct image once thanks to the feature cache keyed by content hash),
+scatters their features over the placeholder tokens, runs the model and returns the logits
 of the sequences that sample.
 
 Packed order: sequences computing one token (decodes) first, then prefill chunks.
