@@ -9,6 +9,7 @@ prepared (a bad image, too long) fails alone: in a batch it comes back as a
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import queue
@@ -26,6 +27,7 @@ from .engine.request import PromptInputs, RequestOutput
 from .engine.runner import ModelRunner
 from .messages import split_batch, to_conversation
 from .vl import MediaPolicy
+from .models import base
 from .models.base import ModelFamily, read_config_json
 from .models.registry import family_for
 
@@ -91,12 +93,15 @@ class Pipeline:
         family_cls = family_for(raw)
         build = (str(model_path), raw, self.engine_config, self.vision_config, chat_template_config)
         workers = tp = None
+        device, dtype = base.resolve_device(self.engine_config)
         if self.engine_config.tp > 1:  # checked before any process starts
-            workers = start_tp(self.engine_config.tp, build,
+            # The workers get the device and dtype resolved here, so that every rank computes alike.
+            resolved = dataclasses.replace(self.engine_config, device=device.type, dtype=str(dtype).split(".")[1])
+            workers = start_tp(self.engine_config.tp, (build[0], build[1], resolved, *build[3:]),
                                family_cls.tp_shape(str(model_path), raw, self.engine_config.tp))
         try:
             if workers is not None:
-                tp = workers.group()
+                tp = workers.group(device)
             self.family: ModelFamily = family_cls(*build, tp=tp)
             self.engine = _build_engine(self.family, self.engine_config, self.vision_config, workers)
         except BaseException:

@@ -28,7 +28,7 @@ import logging
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -45,6 +45,7 @@ class TPGroup:
     rank: int = 0
     size: int = 1
     pg: Any = None  # a torch.distributed ProcessGroup
+    device: Optional[torch.device] = None  # this rank's device (None: the engine config's)
 
     def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
         """Sum ``t`` over the ranks, in place."""
@@ -78,10 +79,29 @@ def _store(port: int = 0):
                          wait_for_workers=False)
 
 
-def _group(store, rank: int, size: int) -> TPGroup:
+def rank_device(device: torch.device, rank: int, size: int) -> torch.device:
+    """Rank ``rank``'s device: on CUDA with at least ``size`` GPUs, GPU ``rank``; otherwise every rank
+    shares ``device`` (the CPU, or one GPU that the ranks then share)."""
+    if device.type == "cuda" and torch.cuda.device_count() >= size:
+        return torch.device("cuda", rank)
+    return device
+
+
+def _group(store, rank: int, size: int, device: torch.device) -> TPGroup:
+    """This rank's group: nccl when each rank has a GPU of its own, else gloo (which also reduces
+    CUDA tensors, through host memory: ranks sharing one GPU, where nccl refuses to run)."""
     import torch.distributed as dist
 
-    return TPGroup(rank, size, dist.ProcessGroupGloo(store, rank, size, datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)))
+    device = rank_device(device, rank, size)
+    timeout = datetime.timedelta(seconds=COLLECTIVE_TIMEOUT)
+    if device.type == "cuda" and device.index is not None and dist.is_nccl_available():
+        torch.cuda.set_device(device)
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        pg = dist.ProcessGroupNCCL(store, rank, size, opts)
+    else:
+        pg = dist.ProcessGroupGloo(store, rank, size, timeout)
+    return TPGroup(rank, size, pg, device)
 
 
 def worker_main(argv=None) -> int:
@@ -90,6 +110,7 @@ def worker_main(argv=None) -> int:
     import argparse
     from multiprocessing.connection import Client
 
+    from ..models.base import resolve_device
     from ..models.registry import family_for
     from .runner import ModelRunner
 
@@ -102,7 +123,7 @@ def worker_main(argv=None) -> int:
     conn.send(a.rank)
     try:
         path, raw, ecfg, vcfg, tcfg = conn.recv()
-        tp = _group(_store(a.store_port), a.rank, a.size)
+        tp = _group(_store(a.store_port), a.rank, a.size, resolve_device(ecfg)[0])
         family = family_for(raw)(path, raw, ecfg, vcfg, tcfg, tp=tp)
         runner = ModelRunner.for_family(family, ecfg, vcfg, conn.recv())
         conn.send(("ready", None))
@@ -157,9 +178,9 @@ class Workers:
             c.send(build)
         torch.set_num_threads(threads)
 
-    def group(self) -> TPGroup:
-        """Rank 0's group (blocks until every worker has joined)."""
-        return _group(self.store, 0, self.size)
+    def group(self, device: torch.device) -> TPGroup:
+        """Rank 0's group (blocks until every worker has joined); ``device``: the engine config's."""
+        return _group(self.store, 0, self.size, device)
 
     def start(self, num_blocks: int) -> None:
         """Tell the workers the pool size and wait until each has its runner."""

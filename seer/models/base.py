@@ -193,6 +193,7 @@ class ModelFamily:
         self.engine_cfg = engine_cfg
         self.vision_cfg = vision_cfg
         self.device, self.dtype = resolve_device(engine_cfg)
+        self.device = self.tp.device or self.device  # a rank's own GPU, when each has one
         self.hf_config = self.load_hf_config()
         self.tokenizer = self.load_tokenizer()
         self.chat_template = resolve_chat_template(self.tokenizer, self.hf_config, path, template_cfg)
