@@ -22,7 +22,7 @@ import torch
 from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig,
                      engine_config_from)
 from .engine.engine import Engine, kv_cache_blocks
-from .engine.parallel import start_tp
+from .engine.parallel import ranks_per_device, start_tp
 from .engine.request import PromptInputs, RequestOutput
 from .engine.runner import ModelRunner
 from .messages import split_batch, to_conversation
@@ -282,7 +282,9 @@ def _progress(total: int, use_tqdm: Optional[bool]):
 
 def _build_engine(family: ModelFamily, cfg: EngineConfig, vcfg: VisionConfig, workers=None) -> Engine:
     kv = family.kv_spec()
-    num_blocks = kv_cache_blocks(cfg, kv.bytes_per_block(cfg.block_size), family.session_len, family.device)
+    # Ranks that share one device (tp on the CPU, or on fewer GPUs than ranks) share its free memory.
+    num_blocks = kv_cache_blocks(cfg, kv.bytes_per_block(cfg.block_size), family.session_len, family.device,
+                                 ranks_per_device(family.device, family.tp.size))
     if workers is not None:
         workers.start(num_blocks)
     runner = ModelRunner.for_family(family, cfg, vcfg, num_blocks, workers)

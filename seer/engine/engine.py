@@ -260,15 +260,17 @@ class Engine:
             log.exception("request %d: output sink failed", seq.request_id)
 
 
-def kv_cache_blocks(cfg: EngineConfig, bytes_per_block: int, session_len: int, device: torch.device) -> int:
-    """How many KV blocks the pool gets: a share of free memory, capped by what can be used."""
+def kv_cache_blocks(cfg: EngineConfig, bytes_per_block: int, session_len: int, device: torch.device,
+                    sharing: int = 1) -> int:
+    """How many KV blocks the pool gets: a share of free memory (split between ``sharing`` pools of
+    ranks on the same device), capped by what can be used."""
     if cfg.num_gpu_blocks:
         return cfg.num_gpu_blocks
     if device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]
     else:
         free = _available_ram()
-    n = int(free * cfg.cache_max_entry_count) // bytes_per_block
+    n = int(free * cfg.cache_max_entry_count / sharing) // bytes_per_block
     cap = cfg.max_batch_size * -(-session_len // cfg.block_size) + 1
     n = min(n, cap)
     if n < -(-session_len // cfg.block_size):

@@ -82,9 +82,12 @@ def _store(port: int = 0):
 def rank_device(device: torch.device, rank: int, size: int) -> torch.device:
     """Rank ``rank``'s device: on CUDA with at least ``size`` GPUs, GPU ``rank``; otherwise every rank
     shares ``device`` (the CPU, or one GPU that the ranks then share)."""
-    if device.type == "cuda" and torch.cuda.device_count() >= size:
-        return torch.device("cuda", rank)
-    return device
+    return torch.device("cuda", rank) if ranks_per_device(device, size) == 1 and size > 1 else device
+
+
+def ranks_per_device(device: torch.device, size: int) -> int:
+    """How many of ``size`` ranks share one device (and so its free memory)."""
+    return 1 if device.type == "cuda" and torch.cuda.device_count() >= size else size
 
 
 def _group(store, rank: int, size: int, device: torch.device) -> TPGroup:
