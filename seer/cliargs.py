@@ -52,7 +52,9 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
-                   help="tensor-parallel ranks, one process each (text decoders so far; default 1)")
+                   help="tensor-parallel ranks, one process each (default 1)")
+    g.add_argument("--distributed-executor-backend", default=d.distributed_executor_backend, choices=("mp", "ray"),
+                   help="with --tp > 1: ranks as local processes (mp) or as actors of a Ray cluster (ray)")
     g.add_argument("--vision-max-batch-size", type=int, default=VisionConfig().max_batch_size,
                    help="images per vision-encoder forward")
     g.add_argument("--vision-tower-path", default=None,
@@ -74,6 +76,7 @@ def engine_configs(args) -> tuple[EngineConfig, VisionConfig, Optional[ChatTempl
                         enable_prefix_caching=args.enable_prefix_caching,
                         max_prefill_token_num=args.max_prefill_token_num, num_gpu_blocks=args.num_gpu_blocks,
                         dtype=args.dtype, device=args.device, tp=args.tp,
+                        distributed_executor_backend=args.distributed_executor_backend,
                         max_queued_requests=getattr(args, "max_queued_requests", None))
     vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size, vision_tower_path=args.vision_tower_path,
                         min_pixels=args.min_pixels, max_pixels=args.max_pixels,

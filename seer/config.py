@@ -130,6 +130,7 @@ class EngineConfig:
     dtype: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16"
     device: Optional[str] = None  # None: cuda when available, else cpu
     tp: int = 1  # tensor-parallel ranks, one process each (seer.engine.parallel; families: ModelFamily.tp_shape)
+    distributed_executor_backend: str = "mp"  # ranks 1..tp-1 as local processes ("mp") or Ray actors ("ray")
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
 
@@ -148,6 +149,8 @@ class EngineConfig:
         _check(self.dtype in ("auto", "float32", "bfloat16", "float16"), "dtype", self.dtype,
                "one of 'auto', 'float32', 'bfloat16', 'float16'")
         _check(_int(self.tp) and self.tp >= 1, "tp", self.tp, "an integer >= 1")
+        _check(self.distributed_executor_backend in ("mp", "ray"), "distributed_executor_backend",
+               self.distributed_executor_backend, "'mp' (local processes) or 'ray' (Ray actors)")
         _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
                self.num_gpu_blocks, "None or an integer >= 1")
 

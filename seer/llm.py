@@ -89,13 +89,14 @@ _NO_EFFECT_ARGS = frozenset({
     "trust_remote_code", "enforce_eager", "tokenizer_mode", "swap_space", "disable_log_stats",
     "enable_chunked_prefill", "disable_mm_preprocessor_cache", "disable_custom_all_reduce", "quantization",
     "max_seq_len_to_capture", "cpu_offload_gb", "revision", "tokenizer_revision", "download_dir",
-    "load_format", "seed_everything", "compilation_config", "distributed_executor_backend"})
+    "load_format", "seed_everything", "compilation_config"})
 
 
 class LLM:
     """vLLM's ``LLM``. Engine arguments with a meaning here: ``max_model_len``, ``dtype``,
     ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size``, ``enable_prefix_caching``,
-    ``gpu_memory_utilization``, ``tensor_parallel_size``, ``limit_mm_per_prompt``, ``seed``,
+    ``gpu_memory_utilization``, ``tensor_parallel_size``, ``distributed_executor_backend`` ("mp" or "ray"),
+    ``limit_mm_per_prompt``, ``seed``,
     ``mm_processor_kwargs`` (``min_pixels`` / ``max_pixels``); the others of ``_NO_EFFECT_ARGS``
     are accepted and ignored; anything else is a ``ValueError``."""
 
@@ -103,12 +104,14 @@ class LLM:
                  dtype: str = "auto", seed: Optional[int] = None, max_num_seqs: Optional[int] = None,
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.8,
                  tensor_parallel_size: int = 1, max_num_batched_tokens: Optional[int] = None,
-                 block_size: Optional[int] = None, mm_processor_kwargs: Optional[dict] = None, **kwargs):
+                 block_size: Optional[int] = None, mm_processor_kwargs: Optional[dict] = None,
+                 distributed_executor_backend: Optional[str] = None, **kwargs):
         unknown = sorted(set(kwargs) - _NO_EFFECT_ARGS)
         if unknown:
             raise ValueError(f"LLM() got unsupported argument(s) {unknown}; accepted: max_model_len, dtype, seed, "
                              "max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, "
-                             "gpu_memory_utilization, tensor_parallel_size, limit_mm_per_prompt, "
+                             "gpu_memory_utilization, tensor_parallel_size, distributed_executor_backend, "
+                             "limit_mm_per_prompt, "
                              f"mm_processor_kwargs, and (no effect here) {sorted(_NO_EFFECT_ARGS)}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is invalid: one of 'auto', 'float32', 'bfloat16', 'float16'")
@@ -119,6 +122,8 @@ class LLM:
             extra["max_prefill_token_num"] = max_num_batched_tokens
         if block_size:
             extra["block_size"] = block_size
+        if distributed_executor_backend is not None:
+            extra["distributed_executor_backend"] = distributed_executor_backend
         cfg = EngineConfig(session_len=max_model_len, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
                            cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size, **extra)
         mm = dict(mm_processor_kwargs or {})

@@ -98,7 +98,8 @@ class Pipeline:
             # The workers get the device and dtype resolved here, so that every rank computes alike.
             resolved = dataclasses.replace(self.engine_config, device=device.type, dtype=str(dtype).split(".")[1])
             workers = start_tp(self.engine_config.tp, (build[0], build[1], resolved, *build[3:]),
-                               family_cls.tp_shape(str(model_path), raw, self.engine_config.tp))
+                               family_cls.tp_shape(str(model_path), raw, self.engine_config.tp),
+                               self.engine_config.distributed_executor_backend)
         try:
             if workers is not None:
                 tp = workers.group(device)

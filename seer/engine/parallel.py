@@ -2,23 +2,29 @@
 
 ``EngineConfig(tp=N)`` runs the model as N ranks. Rank 0 lives in the engine's process: its
 runner is the engine's, and the scheduler, block manager, sampler and detokenizer stay there.
-Ranks 1..N-1 are worker processes (fresh interpreters: ``python -m seer.engine.tp_worker``, so a
-caller's script needs no ``if __name__ == "__main__"`` guard); each builds the same model family with its
-``TPGroup``, so its decoder holds only its slices (Megatron-style: q/k/v and gate/up split by
-output rows, o and down by input columns with one all-reduce each; KV heads split, or
-replicated when there are fewer than N; embeddings, norms and the LM head replicated; a VLM's
-vision tower whole on every rank, so each has the features it scatters without a broadcast),
-and its own KV pool of its heads. Every step rank 0's runner sends the engine's ``StepInput`` (plain
-data, ``step.py``) to each worker through a pipe, every rank runs the forward, and rank 0's
-logits are the step's.
+Ranks 1..N-1 are an ``Executor``'s: worker processes (``distributed_executor_backend="mp"``,
+the default: fresh interpreters, ``python -m seer.engine.tp_worker``, so a caller's script
+needs no ``if __name__ == "__main__"`` guard) or Ray actors (``"ray"``, ``ray_executor.py``:
+on this machine or across a Ray cluster). Each holds a ``Rank``: the same model family built
+with its ``TPGroup``, so its decoder holds only its slices (Megatron-style: q/k/v and gate/up
+split by output rows, o and down by input columns with one all-reduce each; KV heads split, or
+replicated when there are fewer than N; a VLM's vision tower whole on every rank, so each has
+the features it scatters without a broadcast), and its own KV pool of its heads. Every step,
+rank 0's runner sends the engine's ``StepInput`` (plain data, ``step.py``) to each worker,
+every rank runs the forward, and rank 0's logits are the step's.
 
-The group is a ``ProcessGroupGloo`` made directly from a ``TCPStore`` on 127.0.0.1, not
-``init_process_group``: several engines (pipelines) can live in one process.
+The group is a ``ProcessGroupGloo`` (or ``ProcessGroupNCCL`` when each rank has a GPU of its
+own) made directly from a ``TCPStore`` that rank 0 hosts, not ``init_process_group``: several
+engines (pipelines) can live in one process.
 
-Faults: a collective waits at most ``COLLECTIVE_TIMEOUT`` seconds; a worker that died is found
-before each step and fails it with a message naming it; ``close()`` ends every worker (and
-kills what does not end within seconds); a worker whose rank 0 went away (its socket closes)
-exits by itself.
+Faults (``Executor.run``): each worker answers every step with None or its error. Ranks that
+failed alike failed on the step's input, and the group goes on; a rank that failed alone, died
+or stayed silent fails the step with a message naming it, and breaks the group for good (the
+engine then reports unhealthy). A collective waits at most ``COLLECTIVE_TIMEOUT`` seconds and
+rank 0 at most ``ACK_TIMEOUT`` for an answer, so no caller waits longer than that for a step;
+a dead worker process is found before the step is sent. ``close()`` ends every worker (and
+kills what does not end within seconds); a worker process whose rank 0 went away (its socket
+closes) exits by itself.
 """
 
 from __future__ import annotations
@@ -71,11 +77,12 @@ def check_tp(tp: int, heads: int, kv_heads: int, intermediate: int) -> None:
         raise ValueError(f"tp={tp} does not divide this model's {', '.join(bad)}; pick a tp that divides them")
 
 
-def _store(port: int = 0):
-    """The group's rendezvous on 127.0.0.1: port 0 makes it (rank 0), a port joins it."""
+def _store(port: int = 0, host: str = "127.0.0.1"):
+    """The group's rendezvous: port 0 makes it (rank 0; it listens on every interface), a port
+    joins the one at ``host``."""
     import torch.distributed as dist
 
-    return dist.TCPStore("127.0.0.1", port, None, port == 0, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT),
+    return dist.TCPStore(host, port, None, port == 0, timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT),
                          wait_for_workers=False)
 
 
@@ -107,49 +114,124 @@ def _group(store, rank: int, size: int, device: torch.device) -> TPGroup:
     return TPGroup(rank, size, pg, device)
 
 
+class Rank:
+    """A rank > 0: its group, its model family (its slices of the decoder), then its runner; it
+    runs each step rank 0 sends and answers None, or the error its forward raised. Both executors
+    (worker processes, Ray actors) hold one."""
+
+    def __init__(self, rank: int, size: int, store_host: str, store_port: int, build: tuple, threads: int):
+        from ..models.base import resolve_device
+        from ..models.registry import family_for
+
+        torch.set_num_threads(threads)
+        path, raw, ecfg, vcfg, tcfg = self.build = build
+        self.rank = rank
+        tp = _group(_store(store_port, store_host), rank, size, resolve_device(ecfg)[0])
+        self.family = family_for(raw)(path, raw, ecfg, vcfg, tcfg, tp=tp)
+        self.runner = None
+
+    def start(self, num_blocks: int) -> int:
+        """Make the runner with a pool of ``num_blocks`` (rank 0's count); returns this process's pid."""
+        from .runner import ModelRunner
+
+        self.runner = ModelRunner.for_family(self.family, self.build[2], self.build[3], num_blocks)
+        return os.getpid()
+
+    def execute(self, data: bytes) -> Optional[str]:
+        try:
+            self.runner.execute(pickle.loads(data))
+            return None
+        except BaseException as e:  # noqa: BLE001 - rank 0 compares it with its own (see Executor.run)
+            log.error("tensor-parallel rank %d: step failed: %s", self.rank, e)
+            return _describe(e)
+
+
+def _describe(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
 def worker_main(argv=None) -> int:
-    """A rank > 0 (``python -m seer.engine.tp_worker``): connect to rank 0, build the model family
-    with this rank's group, then run every step rank 0 sends until it sends None or goes away."""
+    """A rank > 0 (``python -m seer.engine.tp_worker``): connect to rank 0, build its ``Rank``, then
+    run every step rank 0 sends, answering each, until rank 0 sends None or goes away."""
     import argparse
     from multiprocessing.connection import Client
-
-    from ..models.base import resolve_device
-    from ..models.registry import family_for
-    from .runner import ModelRunner
 
     ap = argparse.ArgumentParser()
     for name in ("--rank", "--size", "--store-port", "--port", "--threads"):
         ap.add_argument(name, type=int, required=True)
     a = ap.parse_args(argv)
-    torch.set_num_threads(a.threads)
     conn = Client(("127.0.0.1", a.port), authkey=bytes.fromhex(os.environ.pop(_AUTHKEY_ENV)))
     conn.send(a.rank)
     try:
-        path, raw, ecfg, vcfg, tcfg = conn.recv()
-        tp = _group(_store(a.store_port), a.rank, a.size, resolve_device(ecfg)[0])
-        family = family_for(raw)(path, raw, ecfg, vcfg, tcfg, tp=tp)
-        runner = ModelRunner.for_family(family, ecfg, vcfg, conn.recv())
+        me = Rank(a.rank, a.size, "127.0.0.1", a.store_port, conn.recv(), a.threads)
+        me.start(conn.recv())
         conn.send(("ready", None))
     except BaseException as e:  # noqa: BLE001 - reported to rank 0, which fails the start
-        conn.send(("error", f"{type(e).__name__}: {e}"))
+        conn.send(("error", _describe(e)))
         return 1
     while True:
         try:
-            step = pickle.loads(conn.recv_bytes())
+            data = conn.recv_bytes()
         except (EOFError, OSError):  # rank 0 went away
             return 0
-        if step is None:
+        if data == _STOP:
             return 0
-        try:
-            runner.execute(step)
-        except BaseException as e:  # noqa: BLE001 - rank 0's collective times out and fails the step
-            log.error("tensor-parallel rank %d: step failed: %s", a.rank, e)
+        conn.send(me.execute(data))
 
 
 _AUTHKEY_ENV = "SEER_TP_AUTHKEY"
+_STOP = pickle.dumps(None)
+ACK_TIMEOUT = COLLECTIVE_TIMEOUT + 10.0  # seconds rank 0 waits for the workers' answers to a step
 
 
-class Workers:
+class Executor:
+    """Ranks 1..size-1, as processes (``Workers``) or Ray actors (``ray_executor.RayWorkers``).
+
+    ``run`` sends a step to every worker, runs rank 0's forward, then takes each worker's answer.
+    When all ranks failed alike (a bad input fails every rank at the same place, before any
+    collective is left waiting), that is the step's own error and the group goes on. When a rank
+    died or failed alone, its collectives no longer pair with rank 0's: the step fails naming the
+    rank, and the group is broken for good (``alive`` False, so the engine reports unhealthy)."""
+
+    size: int
+    broken: Optional[str] = None
+
+    def run(self, step, forward):
+        if self.broken:
+            raise RuntimeError(self.broken)
+        self._send(pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            out = forward()
+        except BaseException as e:  # noqa: BLE001
+            mine = _describe(e)
+            self._judge(self._answers(), mine, f"rank 0 failed with {mine}")
+            raise
+        self._judge(self._answers(), None, "rank 0 did not")
+        return out
+
+    def _judge(self, answers: dict[int, Optional[str]], mine: Optional[str], rank0: str) -> None:
+        """Break the group when any rank's answer differs from rank 0's outcome ``mine``."""
+        odd = [(r, a) for r, a in answers.items() if a != mine]
+        if odd:
+            self.broken = "; ".join(f"tensor-parallel rank {r} " + (f"failed: {a}" if a else "succeeded")
+                                    for r, a in odd) + f" ({rank0}); the ranks no longer agree and the engine " \
+                                                       "cannot go on"
+            raise RuntimeError(self.broken)
+
+    @property
+    def alive(self) -> bool:
+        return self.broken is None and self._alive()
+
+    # what an executor provides
+    def group(self, device: torch.device) -> TPGroup: ...
+    def start(self, num_blocks: int) -> None: ...
+    def _send(self, data: bytes) -> None: ...
+    def _answers(self) -> dict[int, Optional[str]]: ...
+    def _alive(self) -> bool: ...
+    def close(self) -> None: ...
+
+
+class Workers(Executor):
     """Ranks 1..size-1, each a fresh ``python -m seer.engine.tp_worker`` process (nothing of the
     caller's script is re-run in them), talking to rank 0 over an authenticated local socket."""
 
@@ -196,21 +278,46 @@ class Workers:
             if kind != "ready":
                 raise RuntimeError(f"tensor-parallel rank {rank} failed to start: {msg}")
 
-    def send(self, step) -> None:
-        for rank, p in enumerate(self.procs, 1):
-            if p.poll() is not None:
-                raise RuntimeError(f"tensor-parallel rank {rank} (pid {p.pid}) has died (exit code {p.returncode}); "
-                                   "the engine cannot run without it")
+    def _dead(self, rank: int) -> Optional[str]:
+        p = self.procs[rank - 1]
+        if p.poll() is None:
+            return None
+        return f"its process (pid {p.pid}) has died (exit code {p.returncode})"
+
+    def _send(self, data: bytes) -> None:
+        for rank in range(1, self.size):
+            dead = self._dead(rank)
+            if dead:
+                self.broken = f"tensor-parallel rank {rank} failed: {dead}; the engine cannot go on without it"
+                raise RuntimeError(self.broken)
         # Plain pickle: tensors (pixels) travel inline, not as shared-memory handles, which
         # multiprocessing's reducers would make and these processes could not open.
-        data = pickle.dumps(step, protocol=pickle.HIGHEST_PROTOCOL)
         for c in self.conns:
             c.send_bytes(data)
+
+    def _answers(self) -> dict[int, Optional[str]]:
+        import time
+
+        out = {}
+        for rank, c in enumerate(self.conns, 1):
+            deadline = time.monotonic() + ACK_TIMEOUT
+            while True:
+                try:
+                    if c.poll(0.2):
+                        out[rank] = c.recv()
+                        break
+                except (EOFError, OSError):
+                    pass
+                dead = self._dead(rank)
+                if dead or time.monotonic() > deadline:
+                    out[rank] = dead or f"no answer within {ACK_TIMEOUT:g}s"
+                    break
+        return out
 
     def close(self, timeout: float = 5.0) -> None:
         for c in self.conns:
             try:
-                c.send_bytes(pickle.dumps(None))
+                c.send_bytes(_STOP)
             except (OSError, ValueError):
                 pass
         for p in self.procs:
@@ -223,8 +330,7 @@ class Workers:
             c.close()
         self.conns, self.procs = [], []
 
-    @property
-    def alive(self) -> bool:
+    def _alive(self) -> bool:
         return all(p.poll() is None for p in self.procs)
 
     @property
@@ -232,8 +338,16 @@ class Workers:
         return [p.pid for p in self.procs]
 
 
-def start_tp(size: int, build: tuple, shape: tuple[int, int, int]) -> Workers:
+BACKENDS = ("mp", "ray")  # vLLM's names for distributed_executor_backend
+
+
+def start_tp(size: int, build: tuple, shape: tuple[int, int, int], backend: str = "mp") -> Executor:
     """Check ``size`` against the decoder's ``shape`` (``ModelFamily.tp_shape``), then start the
-    workers of a ``size``-rank group (``build``: the arguments the model family takes)."""
+    workers of a ``size``-rank group (``build``: the arguments the model family takes) as
+    processes (``backend`` "mp") or Ray actors ("ray")."""
     check_tp(size, *shape)
+    if backend == "ray":
+        from .ray_executor import RayWorkers
+
+        return RayWorkers(size, build)
     return Workers(size, build)

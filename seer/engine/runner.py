@@ -41,7 +41,7 @@ class ModelRunner:
     def __init__(self, model, kv: KVSpec, num_blocks: int, block_size: int, device: torch.device,
                  vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None, workers=None):
         self.model = model
-        self.workers = workers  # tensor-parallel ranks 1.. (``parallel.Workers``): each step goes to them too
+        self.workers = workers  # tensor-parallel ranks 1.. (``parallel.Executor``): each step goes to them too
         self.kv = kv
         self.block_size = block_size
         self.device = device
@@ -82,11 +82,15 @@ class ModelRunner:
             self.workers.close()
 
     # ---- the step -------------------------------------------------------------------
-    @torch.inference_mode()
     def execute(self, step: StepInput) -> torch.Tensor:
-        """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order."""
+        """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order
+        (with tensor-parallel workers, every rank runs it: ``parallel.Executor.run``)."""
         if self.workers is not None:
-            self.workers.send(step)
+            return self.workers.run(step, lambda: self._execute(step))
+        return self._execute(step)
+
+    @torch.inference_mode()
+    def _execute(self, step: StepInput) -> torch.Tensor:
         self.zero_blocks(step.fresh_blocks)
         dev = self.device
         input_ids = torch.tensor(step.input_ids, dtype=torch.long, device=dev)
