@@ -8,8 +8,9 @@ needs no ``if __name__ == "__main__"`` guard) or Ray actors (``"ray"``, ``ray_ex
 on this machine or across a Ray cluster). Each holds a ``Rank``: the same model family built
 with its ``TPGroup``, so its decoder holds only its slices (Megatron-style: q/k/v and gate/up
 split by output rows, o and down by input columns with one all-reduce each; KV heads split, or
-replicated when there are fewer than N; a VLM's vision tower whole on every rank, so each has
-the features it scatters without a broadcast), and its own KV pool of its heads. Every step,
+replicated when there are fewer than N; embedding and LM head split by vocabulary rows,
+``layers/vocab.py``; a VLM's vision tower whole on every rank, so each has the features it
+scatters without a broadcast), and its own KV pool of its heads. Every step,
 rank 0's runner sends the engine's ``StepInput`` (plain data, ``step.py``) to each worker,
 every rank runs the forward, and rank 0's logits are the step's.
 

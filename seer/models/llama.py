@@ -20,6 +20,7 @@ from ..engine.parallel import SINGLE, TPGroup
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
+from ..layers.vocab import ParallelLMHead, VocabParallelEmbedding
 from ..layers.rotary import MRotaryEmbedding, RotaryEmbedding, apply_rotary, rope_inv_freq
 
 
@@ -135,10 +136,10 @@ class LlamaForCausalLM(nn.Module):
         self.spec = s = dataclasses.replace(DecoderSpec.from_hf(hf_text_config), tp_rank=tp.rank, tp_size=tp.size)
         self.hf_text_config = hf_text_config
         self.max_positions = max_positions
-        self.embed_tokens = nn.Embedding(s.vocab_size, s.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(s.vocab_size, s.hidden_size, tp)
         self.layers = nn.ModuleList(DecoderLayer(s, tp) for _ in range(s.num_layers))
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
-        self.lm_head = Linear(s.hidden_size, s.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(s.hidden_size, s.vocab_size, tp)
         self.rotary: Optional[nn.Module] = None
         params = getattr(hf_text_config, "rope_parameters", None) or {}
         self.mrope_section = params.get("mrope_section")  # M-RoPE (Qwen2-VL): positions are [3, T]
@@ -147,6 +148,8 @@ class LlamaForCausalLM(nn.Module):
         """Build non-persistent state on the model's device; call after weights are loaded."""
         if self.spec.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
+        for m in (self.embed_tokens, self.lm_head):  # rows past the vocabulary (the last rank's padding)
+            m.weight.data[m.shard.rows:] = 0
         inv, scaling = rope_inv_freq(self.hf_text_config, self.spec.head_dim)
         device = self.embed_tokens.weight.device
         if self.mrope_section:
@@ -166,7 +169,7 @@ class LlamaForCausalLM(nn.Module):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden).float()
+        return self.lm_head.logits(hidden)
 
     # ---- weights -------------------------------------------------------------------
     def map_weight(self, name: str, w: torch.Tensor):
@@ -194,7 +197,7 @@ class LlamaForCausalLM(nn.Module):
                 p = params[name]
                 w = self._tp_slice(name, shard, w)
                 if shard is None:
-                    target = p.data
+                    target = p.data.narrow(0, 0, w.shape[0]) if name in _VOCAB_PARAMS else p.data
                 else:
                     layer = self.layers[int(name.split(".")[1])]
                     start, size = layer.shard(name.split(".")[2], shard)
@@ -226,7 +229,12 @@ class LlamaForCausalLM(nn.Module):
             return w.narrow(1, r * s.local_heads * hd, s.local_heads * hd)
         if name.endswith("down_proj.weight"):
             return w.narrow(1, r * s.local_intermediate, s.local_intermediate)
+        if name in _VOCAB_PARAMS:
+            return self.embed_tokens.shard.slice(w)
         return w
+
+
+_VOCAB_PARAMS = ("embed_tokens.weight", "lm_head.weight")  # split by vocabulary rows (layers/vocab.py)
 
 
 def internlm2_to_llama_config(raw: dict):

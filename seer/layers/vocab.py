@@ -1,0 +1,70 @@
+"""The embedding and the LM head split by vocabulary over tensor-parallel ranks.
+
+Rank r holds rows ``[r * per, (r + 1) * per)`` of the ``vocab x hidden`` matrix, ``per`` the
+vocabulary divided by the ranks and rounded up (the last rank's rows past the vocabulary are
+zero). The embedding looks up the ids in its range, zeros the others, and all-reduces; the
+head computes the logits of its rows and gathers every rank's on rank 0, which samples. With one rank
+both are the plain ``nn.Embedding`` / ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine.parallel import SINGLE, TPGroup
+from .linear import Linear
+
+
+class VocabShard:
+    """Which rows of the vocabulary this rank holds."""
+
+    def __init__(self, vocab: int, tp: TPGroup):
+        self.vocab, self.tp = vocab, tp
+        self.per = -(-vocab // tp.size)
+        self.start = tp.rank * self.per
+        self.rows = max(0, min(self.per, vocab - self.start))  # rows that are real, not padding
+
+    def slice(self, w: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a checkpoint's ``vocab x hidden`` matrix."""
+        return w if self.tp.size == 1 else w.narrow(0, self.start, self.rows)
+
+
+class VocabParallelEmbedding(nn.Module):
+    def __init__(self, vocab: int, hidden: int, tp: TPGroup = SINGLE):
+        super().__init__()
+        self.shard = VocabShard(vocab, tp)
+        self.weight = nn.Parameter(torch.empty(self.shard.per, hidden))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        sh = self.shard
+        if sh.tp.size == 1:
+            return F.embedding(ids, self.weight)
+        local = ids - sh.start
+        outside = (local < 0) | (local >= sh.rows)
+        x = F.embedding(local.masked_fill(outside, 0), self.weight)
+        x.masked_fill_(outside[:, None], 0)
+        return sh.tp.all_reduce(x)
+
+
+class ParallelLMHead(Linear):
+    def __init__(self, hidden: int, vocab: int, tp: TPGroup = SINGLE):
+        self.shard = VocabShard(vocab, tp)
+        super().__init__(hidden, self.shard.per, bias=False)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[rows, vocab]`` float logits on rank 0, every rank's columns gathered there (the
+        other ranks, which do not sample, get their own columns)."""
+        out = self(hidden).contiguous()
+        sh = self.shard
+        if sh.tp.size > 1:
+            import torch.distributed as dist
+
+            parts = [[torch.empty_like(out) for _ in range(sh.tp.size)]] if sh.tp.rank == 0 else []
+            opts = dist.GatherOptions()
+            opts.rootRank = 0
+            sh.tp.pg.gather(parts, [out], opts).wait()
+            if sh.tp.rank == 0:
+                out = torch.cat(parts[0], dim=-1)[:, :sh.vocab]
+        return out.float()
