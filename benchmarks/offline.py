@@ -165,6 +165,14 @@ def cb_blocks(prompt_lens: list[int], out_lens: list[int]) -> int:
 # Children (one engine per process)
 # ------------------------------------------------------------------------------------------------
 
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _rss_now_mib() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -192,7 +200,7 @@ def child_seer(spec: dict, text_only: bool, a) -> dict:
     lens = spec["out_lens"]
     prompt_lens = spec["vl_prompt_lens"]  # the text twin has the same lengths
     blocks = a.seer_blocks or seer_blocks(prompt_lens, lens)
-    cfg = EngineConfig(num_gpu_blocks=blocks, max_prefill_token_num=a.seer_prefill)
+    cfg = EngineConfig(num_gpu_blocks=blocks, max_prefill_token_num=a.seer_prefill, tp=a.seer_tp)
     t = time.perf_counter()
     pipe = pipeline(spec["lm_model"] if text_only else spec["model"], backend_config=cfg)
     load_s = time.perf_counter() - t
@@ -229,7 +237,7 @@ def child_seer(spec: dict, text_only: bool, a) -> dict:
         "engine": "seer", "workload": "text" if text_only else "image",
         "setting": (f"EngineConfig(num_gpu_blocks={blocks}"
                     + (f", max_prefill_token_num={a.seer_prefill}" if a.seer_prefill != 4096 else "")
-                    + "), others default"),
+                    + (f", tp={a.seer_tp}" if a.seer_tp > 1 else "") + "), others default"),
         "wall_s": tm.wall, "cpu_s": tm.cpu, "out_tokens": sum(r.generate_token_len for r in rs), "requests": n,
         "load_s": load_s, "warmup_s": warm_s, "rss_loaded_mib": rss_loaded,
         "tokens": [r.token_ids for r in rs[: spec["check"]]], "errors": errors,
@@ -238,6 +246,8 @@ def child_seer(spec: dict, text_only: bool, a) -> dict:
                   "max_prefill_token_num": cfg.max_prefill_token_num,
                   "threads": torch.get_num_threads()},
     }
+    if a.seer_tp > 1:  # each worker rank's peak RSS (rank 0's is this process's, measured by the caller)
+        out["worker_peak_rss_mib"] = [_peak_rss_mib(pid) for pid in eng.runner.workers.pids]
     pipe.close()
     return out
 
@@ -735,6 +745,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seer-blocks", type=int, default=0,
                     help="seer's KV pool in blocks of 16 tokens (0: the whole workload at once, no preemption)")
     ap.add_argument("--seer-prefill", type=int, default=4096, help="seer's max_prefill_token_num")
+    ap.add_argument("--seer-tp", type=int, default=1, help="seer's tensor-parallel ranks (EngineConfig.tp)")
     ap.add_argument("--seer-mem-blocks", type=int, default=0,
                     help="also run seer with this KV pool (blocks) and max_prefill_token_num 2048, a pool small "
                          "enough that its peak RSS stays at or below transformers' best")
@@ -805,7 +816,8 @@ def main(argv=None) -> int:
 
         seer_vl = hf_ref = None
         if "seer" in engines:
-            seer_vl = job("seer", "seer", "seer", profile=a.profile)
+            tp = ["--seer-tp", str(a.seer_tp)] if a.seer_tp > 1 else []
+            seer_vl = job("seer", "seer", "seer", tp, profile=a.profile)
             results.append(seer_vl)
             if a.seer_mem_blocks:
                 results.append(job("seer", "seer-mem", "seer (memory-matched)",

@@ -164,7 +164,7 @@ class LLM:
     def _encode_conversation(self, conversation) -> PromptInputs:
         conv = to_conversation(conversation)
         self._check_images(sum(p["type"] == "image" for m in conv for p in m["content"]))
-        return self._pipe.family.encode(conv)
+        return self._pipe.prepare(conv)
 
     def _encode_raw(self, prompt) -> PromptInputs:
         if isinstance(prompt, str):
@@ -172,20 +172,15 @@ class LLM:
         if not isinstance(prompt, dict) or not ({"prompt", "prompt_token_ids"} & set(prompt)):
             raise ValueError("a prompt is a str or a dict with 'prompt' (text) or 'prompt_token_ids', "
                              "and optionally 'multi_modal_data': {'image': ...}")
-        fam = self._pipe.family
         if "prompt_token_ids" in prompt:
             ids = list(prompt["prompt_token_ids"])
         else:
             if not isinstance(prompt["prompt"], str):
                 raise ValueError(f"'prompt' must be a str, got {type(prompt['prompt']).__name__}")
-            ids = fam.tokenizer(check_text(prompt["prompt"], "prompt"), add_special_tokens=True)["input_ids"]
+            ids = self._pipe.tokenizer(check_text(prompt["prompt"], "prompt"), add_special_tokens=True)["input_ids"]
         images = _images_of(prompt.get("multi_modal_data") or {})
         self._check_images(len(images))
-        if not images:
-            return PromptInputs(ids)
-        if not fam.accepts_images:
-            raise ValueError(f"this model ({type(fam).__name__}) is text-only and does not accept images")
-        return fam._expand_images(ids, images)
+        return self._pipe.prepare_ids(ids, images)
 
     def _run(self, inputs: list[PromptInputs], raw, sampling_params, use_tqdm) -> list[RequestOutput]:
         n = len(inputs)

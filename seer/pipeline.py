@@ -217,6 +217,17 @@ class Pipeline:
         # every image and string content, whatever the first message looks like.
         return self.family.encode(to_conversation(prompt, policy))
 
+    def prepare_ids(self, ids: list[int], images: Seq = ()) -> PromptInputs:
+        """Token ids as they are (vLLM's raw prompts: no chat template), each image placeholder
+        token among them expanded to the run its image fills."""
+        if self._closed:
+            raise RuntimeError("this pipeline is closed")
+        if not images:
+            return PromptInputs(list(ids))
+        if not self.family.accepts_images:
+            raise ValueError(f"this model ({type(self.family).__name__}) is text-only and does not accept images")
+        return self.family._expand_images(list(ids), list(images))
+
     @property
     def session_len(self) -> int:
         return self.family.session_len
