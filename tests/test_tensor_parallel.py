@@ -1,6 +1,7 @@
 """Tensor parallelism on the CPU (gloo): ``EngineConfig(tp=N)`` runs N ranks, one process each.
 
-Greedy tokens at tp=2 equal tp=1 (and transformers) for each text decoder family, inside
+Greedy tokens at tp=2 equal tp=1 (and transformers) for each text decoder family and each VLM
+family (transformers and original layouts; text, one-image and two-image prompts), inside
 batches with prefix-cache hits, chunked prefill and preemption; KV heads fewer than the
 ranks are replicated (tp=4 over 2 KV heads); a tp that does not divide the model is a
 ValueError before any process starts; close() leaves no worker behind; a worker that dies
@@ -20,7 +21,9 @@ import tiny_deepseek_vl as tds
 import tiny_gemma3 as tg
 import tiny_idefics3 as ti
 import tiny_internvl as tiv
+import tiny_llava_original as tlo
 import tiny_models as tm
+import tiny_phi3v as tpv
 import tiny_qwen_vl as tq
 from seer import EngineConfig, GenerationConfig, TurbomindEngineConfig, pipeline
 
@@ -48,6 +51,13 @@ def test_tp2_gives_the_tokens_of_tp1(arch, request, tmp_path_factory):
     assert _children() <= before  # the worker is gone after close()
 
 
+def test_gemma3_text_at_tp2_gives_the_tokens_of_tp1(tmp_path):
+    """Gemma 3's own layer (per-head q/k norms, post-norms after the all-reduced projections,
+    sliding layers with a 12-token window that the longer prompts pass)."""
+    path = tg.build_gemma3_text(str(tmp_path / "gemma3_text"))
+    assert _tokens(path, EngineConfig(tp=2)) == _tokens(path)
+
+
 def test_tp2_equals_transformers(tiny_llama):
     msgs = [{"role": "user", "content": "hello there"}]
     want = tm.hf_greedy(tiny_llama, tm.hf_inputs(tiny_llama, msgs), max_new_tokens=12, ignore_eos=True)
@@ -69,7 +79,8 @@ def test_tp2_batches_are_invariant(tiny_llama):
 
 
 # VLM families whose decoder splits (the vision tower runs whole on every rank: it is small next to
-# the decoder, and each rank then has the features it scatters without a broadcast)
+# the decoder, and each rank then has the features it scatters without a broadcast); "*_original":
+# the published (remote-code) layouts, whose shapes are read from config.json's own keys
 VLMS = {
     "llava": tm.build_llava,
     "llava_next": tm.build_llava_next,
@@ -78,11 +89,17 @@ VLMS = {
     "internvl": tiv.build_hf,
     "deepseek_vl": tds.build_deepseek_vl,
     "idefics3": lambda p: ti.build_idefics3(p, "idefics3"),
+    "gemma3": tg.build_gemma3,
+    "phi3v": tpv.build_phi3v,  # packed qkv_proj / gate_up_proj
+    "llava_original": lambda p: tlo.write_original_layout(tm.build_llava(p + "_hf"), p, os.environ["HF_HUB_CACHE"]),
+    "deepseek_vl_original": tds.build_original,
+    "internvl_original": lambda p: tiv.build_original(p, "internlm2"),  # InternLM2's packed wqkv
 }
 
 
 @pytest.mark.parametrize("family", VLMS)
-def test_vlm_decoders_at_tp2_give_the_tokens_of_tp1(family, tmp_path):
+def test_vlm_decoders_at_tp2_give_the_tokens_of_tp1(family, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))  # where original-layout LLaVA finds its tower
     path = VLMS[family](str(tmp_path / family))
     images = [tm.make_image(i, (56 + 28 * i, 84)) for i in range(2)]
     prompts = ["plain text", ("one image", images[:1]), ("two images", images)]
@@ -95,12 +112,11 @@ def test_kv_heads_fewer_than_ranks_are_replicated(tiny_llama):
 
 
 def test_a_tp_that_does_not_divide_is_refused_before_any_process(tiny_llama, tmp_path):
-    tiny_gemma3 = tg.build_gemma3(str(tmp_path / "gemma3"))
+    tiny_phi3v = tpv.build_phi3v(str(tmp_path / "phi3v"))  # shape read from an original layout's config.json
     before = _children()
-    with pytest.raises(ValueError, match=r"tp=3 does not divide .*num_attention_heads=4"):
-        pipeline(tiny_llama, EngineConfig(tp=3))
-    with pytest.raises(ValueError, match="not supported for Gemma3Family yet"):
-        pipeline(tiny_gemma3, EngineConfig(tp=2))
+    for path in (tiny_llama, tiny_phi3v):
+        with pytest.raises(ValueError, match=r"tp=3 does not divide .*num_attention_heads=4"):
+            pipeline(path, EngineConfig(tp=3))
     assert _children() == before
 
 

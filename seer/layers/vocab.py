@@ -68,3 +68,12 @@ class ParallelLMHead(Linear):
             if sh.tp.rank == 0:
                 out = torch.cat(parts[0], dim=-1)[:, :sh.vocab]
         return out.float()
+
+
+def finish_vocab(embed: VocabParallelEmbedding, head: ParallelLMHead, tie: bool) -> None:
+    """After loading: tie the head to the embedding if asked, and zero the padding rows past the
+    vocabulary (the last rank's; ``to_empty`` left them uninitialised)."""
+    if tie:
+        head.weight = embed.weight
+    for m in (embed, head):
+        m.weight.data[m.shard.rows:] = 0

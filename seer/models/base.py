@@ -9,8 +9,10 @@ VLMs, ``image_inputs``; everything else is shared.
 
 from __future__ import annotations
 
+import contextvars
 import glob
 import json
+import mmap
 import os
 from typing import Iterator, Optional
 
@@ -56,28 +58,45 @@ _ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, 
               "BOOL": torch.bool}
 
 
-def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of one .safetensors file, read with plain file reads, one at a time.
+# While a tensor-parallel rank loads (``ModelFamily._load_model`` with tp > 1), checkpoint files are
+# memory-mapped instead of read (``_read_safetensors``), whichever family's ``weights()`` reads them.
+_MAPPED: contextvars.ContextVar[bool] = contextvars.ContextVar("seer_mapped_weights", default=False)
 
-    Not mmap: reading a mapped file leaves all of its pages counted in our RSS until it is
-    closed, so loading would briefly hold the weights twice. Here at most one tensor is
-    in flight beside the model. Format: u64 header size, JSON header, raw data.
+
+def _read_safetensors(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of one .safetensors file, one at a time. Format: u64 header size, JSON
+    header, raw data.
+
+    Read with plain file reads, not mmap: reading a mapped file leaves all of its pages counted
+    in our RSS until it is unmapped, so loading would briefly hold the weights twice; here at
+    most one tensor is in flight beside the model. A tensor-parallel rank (``_MAPPED``) maps the
+    file instead (private copy-on-write pages): then a tensor is a view of the mapping, and the
+    disk pages read are those of the slices the rank copies out, about 1/tp of each split matrix.
     """
     try:
         with open(path, "rb") as f:
             size = int.from_bytes(f.read(8), "little")
             header = json.loads(f.read(size))
             base = 8 + size
+            mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if _MAPPED.get() else None
             for name, info in header.items():
                 if name == "__metadata__":
                     continue
                 start, end = info["data_offsets"]
-                f.seek(base + start)
-                buf = bytearray(end - start)
-                if f.readinto(buf) != end - start:
-                    raise ValueError(f"tensor {name!r} is cut short")
                 dtype = _ST_DTYPES[info["dtype"]]
-                t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
+                if end == start:
+                    t = torch.empty(0, dtype=dtype)
+                elif mapped is not None:
+                    if base + end > len(mapped):
+                        raise ValueError(f"tensor {name!r} is cut short")
+                    t = torch.frombuffer(mapped, dtype=dtype, count=(end - start) // dtype.itemsize,
+                                         offset=base + start)
+                else:
+                    f.seek(base + start)
+                    buf = bytearray(end - start)
+                    if f.readinto(buf) != end - start:
+                        raise ValueError(f"tensor {name!r} is cut short")
+                    t = torch.frombuffer(buf, dtype=dtype)
                 yield name, t.view(info["shape"])
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise ValueError(f"could not read weights file {path}: {e}") from e
@@ -218,10 +237,10 @@ class ModelFamily:
     @classmethod
     def tp_shape(cls, path: str, raw_config: dict, tp: int) -> tuple[int, int, int]:
         """(attention heads, KV heads, MLP width) of the decoder that ``tp`` ranks split, read before
-        any process starts; families whose decoder cannot be split yet say so here."""
-        raise ValueError(f"tp={tp}: tensor parallelism is not supported for {cls.__name__} yet; it is for the "
-                         f"Llama-style decoders (Llama, Mistral, Qwen2, Qwen3, InternLM2, and under LLaVA, "
-                         f"LLaVA-NeXT, Qwen2-VL, InternVL, DeepSeek-VL, Idefics3 in transformers layout); use tp=1")
+        any process starts. Every family seer registers overrides it; one that does not (its decoder
+        cannot be split yet) is refused here."""
+        raise ValueError(f"tp={tp}: tensor parallelism is not supported for {cls.__name__} yet (it does not say "
+                         f"how its decoder splits); every family in seer.models.registry supports it; use tp=1")
 
 
     def image_inputs(self, image) -> tuple[int, object]:
@@ -249,7 +268,11 @@ class ModelFamily:
             model = self.build_model()
         model.to_empty(device=self.device)
         model.to(self.dtype)
-        model.load_weights(self.weights())
+        mapped = _MAPPED.set(self.tp.size > 1)  # a rank reads only the pages of its slices
+        try:
+            model.load_weights(self.weights())
+        finally:
+            _MAPPED.reset(mapped)
         model.finish_init()
         return model.eval()
 
@@ -340,10 +363,14 @@ def _tensor_hash(t: torch.Tensor) -> str:
     return hashlib.blake2b(t.detach().float().cpu().numpy().tobytes(), digest_size=16).hexdigest()
 
 
+def text_tp_shape(text) -> tuple[int, int, int]:
+    """(attention heads, KV heads, MLP width) of a decoder's transformers config."""
+    heads = text.num_attention_heads
+    return heads, getattr(text, "num_key_value_heads", None) or heads, text.intermediate_size
+
+
 def decoder_tp_shape(path: str) -> tuple[int, int, int]:
     """``ModelFamily.tp_shape`` of a transformers-layout folder: from its config's text config."""
     from transformers import AutoConfig
 
-    text = AutoConfig.from_pretrained(path).get_text_config()
-    heads = text.num_attention_heads
-    return heads, getattr(text, "num_key_value_heads", None) or heads, text.intermediate_size
+    return text_tp_shape(AutoConfig.from_pretrained(path).get_text_config())

@@ -33,7 +33,7 @@ import os
 import re
 import torch
 
-from .base import ModelFamily, checkpoint_shapes, checkpoint_tensors, read_config_json
+from .base import checkpoint_shapes, checkpoint_tensors, read_config_json, text_tp_shape
 from .deepseek_vl import DeepseekVLFamily, DeepseekVLForConditionalGeneration
 
 IMAGE_TAG = "<image_placeholder>"
@@ -103,13 +103,20 @@ def _sam_config(params: dict, shapes: dict, prefix: str):
                            use_rel_pos=True, use_abs_pos=True, layer_norm_eps=1e-6, qkv_bias=True)
 
 
+def language_config(raw: dict):
+    """The decoder's ``LlamaConfig``: config.json's ``language_config``."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(**{k: v for k, v in (raw.get("language_config") or {}).items() if k != "architectures"})
+
+
 def transformers_config(raw: dict, shapes: dict, image_token_id: int = 0):
     """The transformers config (DeepseekVL or DeepseekVLHybrid) of an original config.json."""
-    from transformers import DeepseekVLConfig, DeepseekVLHybridConfig, LlamaConfig
+    from transformers import DeepseekVLConfig, DeepseekVLHybridConfig
 
     vision, aligner = raw.get("vision_config") or {}, raw.get("aligner_config") or {}
     params, a_params = vision.get("params") or {}, aligner.get("params") or {}
-    text = LlamaConfig(**{k: v for k, v in (raw.get("language_config") or {}).items() if k != "architectures"})
+    text = language_config(raw)
     tied = bool(raw.get("tie_word_embeddings", getattr(text, "tie_word_embeddings", False)))
     want = "low_high_hybrid_split_mlp_gelu" if _is_hybrid(raw) else "mlp_gelu"
     if a_params.get("projector_type") != want or int(a_params.get("depth", 1)) != 2:
@@ -290,9 +297,12 @@ class OriginalImageProcessor:
 
 class DeepseekVLOriginalFamily(DeepseekVLFamily):
     """``MultiModalityCausalLM``: the original layout on the transformers-layout modules."""
-    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
 
     architectures = ("MultiModalityCausalLM",)
+
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return text_tp_shape(language_config(raw))
 
     def load_hf_config(self):
         return transformers_config(self.raw_config, checkpoint_shapes(self.path))
@@ -328,7 +338,7 @@ class DeepseekVLOriginalFamily(DeepseekVLFamily):
 
     def build_model(self):
         self.hf_config.image_token_id = self.image_token_id
-        return DeepseekVLForConditionalGeneration(self.hf_config, self.session_len)
+        return DeepseekVLForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def image_inputs(self, image):
         pixels = self.image_processor(image)

@@ -12,20 +12,30 @@ What differs from the Llama-style decoder (``llama.py``):
   wrapped as ``\\n\\n<start_of_image>...<end_of_image>\\n\\n``; its tokens attend to each other
   both ways (``MMItem.bidirectional``: the scheduler keeps an image in one prefill chunk and
   the runner's prefill masks open the block), as transformers' masks do.
+- Tensor parallelism splits the layers as ``llama.DecoderLayer`` does (heads, KV heads, MLP
+  width; the q/k norms are per head, so each rank norms its own heads); the partial sums of
+  ``o_proj`` and ``down_proj`` are all-reduced before their post-norms. The embedding and the LM
+  head are split by vocabulary as the Llama-style decoder's (``layers/vocab.py``; the embedding
+  is scaled after its all-reduce, the logits soft-capped once gathered); the vision tower is
+  whole on every rank.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from ..engine.request import PromptInputs
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.rotary import RotaryEmbedding, apply_rotary
-from .base import ModelFamily, load_image_processor
-from .llama import LlamaForCausalLM
+from ..layers.vocab import ParallelLMHead, VocabParallelEmbedding, finish_vocab
+from .base import ModelFamily, decoder_tp_shape, load_image_processor
+from .llama import DecoderSpec, LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
 
@@ -56,14 +66,18 @@ def rope_for_layer_type(c, layer_type: str, head_dim: int) -> tuple[torch.Tensor
 
 
 class Gemma3DecoderLayer(nn.Module):
-    def __init__(self, c, sliding: bool):
+    """One Gemma 3 layer; with ``tp`` ranks it holds this rank's heads (its KV heads, replicated
+    when there are fewer than ranks) and MLP columns, as ``llama.DecoderLayer`` does: the partial
+    sums of ``o_proj`` and ``down_proj`` are all-reduced before their post-norms."""
+
+    def __init__(self, c, sliding: bool, s: DecoderSpec, tp: TPGroup = SINGLE):
         super().__init__()
-        self.sliding = sliding
-        self.heads, self.kv_heads = c.num_attention_heads, c.num_key_value_heads
-        self.head_dim = c.head_dim
+        self.sliding, self.tp = sliding, tp
+        self.heads, self.kv_heads = s.local_heads, s.local_kv_heads
+        self.head_dim = s.head_dim
         self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.scale = c.query_pre_attn_scalar ** -0.5
-        self.inter = c.intermediate_size
+        self.inter = s.local_intermediate
         eps = c.rms_norm_eps
         self.input_layernorm = GemmaRMSNorm(c.hidden_size, eps)
         self.qkv_proj = Linear(c.hidden_size, self.q_size + 2 * self.kv_size, bias=c.attention_bias)
@@ -72,8 +86,8 @@ class Gemma3DecoderLayer(nn.Module):
         self.k_norm = GemmaRMSNorm(self.head_dim, eps)
         self.post_attention_layernorm = GemmaRMSNorm(c.hidden_size, eps)
         self.pre_feedforward_layernorm = GemmaRMSNorm(c.hidden_size, eps)
-        self.gate_up_proj = Linear(c.hidden_size, 2 * c.intermediate_size, bias=False)
-        self.down_proj = Linear(c.intermediate_size, c.hidden_size, bias=False)
+        self.gate_up_proj = Linear(c.hidden_size, 2 * self.inter, bias=False)
+        self.down_proj = Linear(self.inter, c.hidden_size, bias=False)
         self.post_feedforward_layernorm = GemmaRMSNorm(c.hidden_size, eps)
 
     def shard(self, param: str, shard) -> tuple[int, int]:
@@ -81,6 +95,12 @@ class Gemma3DecoderLayer(nn.Module):
             return {"q": (0, self.q_size), "k": (self.q_size, self.kv_size),
                     "v": (self.q_size + self.kv_size, self.kv_size)}[shard]
         return (0, self.inter) if shard == 0 else (self.inter, self.inter)
+
+    def _reduced(self, proj: Linear, x: torch.Tensor) -> torch.Tensor:
+        """``proj(x)`` summed over the ranks (each holds some input columns); a bias is added once."""
+        if self.tp.size == 1 or proj.bias is None:
+            return self.tp.all_reduce(proj(x))
+        return self.tp.all_reduce(F.linear(x, proj.weight)) + proj.bias
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata):
         h = self.input_layernorm(x)
@@ -90,46 +110,45 @@ class Gemma3DecoderLayer(nn.Module):
         q, k = apply_rotary(q, k, *rope)
         o = paged_attention(q, k, v.view(-1, self.kv_heads, self.head_dim), kv_cache[0], kv_cache[1],
                             meta.local if self.sliding else meta, self.scale)
-        x = x + self.post_attention_layernorm(self.o_proj(o.view(-1, self.q_size)))
+        x = x + self.post_attention_layernorm(self._reduced(self.o_proj, o.view(-1, self.q_size)))
         gate, up = self.gate_up_proj(self.pre_feedforward_layernorm(x)).chunk(2, dim=-1)
-        return x + self.post_feedforward_layernorm(self.down_proj(F.gelu(gate, approximate="tanh") * up))
+        mlp = self._reduced(self.down_proj, F.gelu(gate, approximate="tanh") * up)
+        return x + self.post_feedforward_layernorm(mlp)
 
 
 class Gemma3TextModel(LlamaForCausalLM):
-    """The Gemma 3 decoder. Weight loading (fusing q/k/v and gate/up) is ``LlamaForCausalLM``'s."""
+    """The Gemma 3 decoder. Weight loading (fusing q/k/v and gate/up, and with ``tp`` ranks taking
+    this rank's rows and columns, and its rows of the vocabulary) is ``LlamaForCausalLM``'s."""
 
-    def __init__(self, c, max_positions: int):
+    def __init__(self, c, max_positions: int, tp: TPGroup = SINGLE):
         nn.Module.__init__(self)
         if getattr(c, "attn_logit_softcapping", None):
             raise ValueError("attn_logit_softcapping is not supported (Gemma 2 style); Gemma 3 has none")
-        from .llama import DecoderSpec
-
-        self.spec = DecoderSpec.from_hf(c)
+        self.spec = dataclasses.replace(DecoderSpec.from_hf(c), tp_rank=tp.rank, tp_size=tp.size)
         self.spec.tie_word_embeddings = bool(getattr(c, "tie_word_embeddings", True))
         self.hf_text_config = c
         self.max_positions = max_positions
         self.mrope_section = None
         self.layer_types = list(c.layer_types)
         self.local_window = c.sliding_window if "sliding_attention" in self.layer_types else None
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
-        self.layers = nn.ModuleList(Gemma3DecoderLayer(c, t == "sliding_attention") for t in self.layer_types)
+        self.embed_tokens = VocabParallelEmbedding(c.vocab_size, c.hidden_size, tp)
+        self.layers = nn.ModuleList(Gemma3DecoderLayer(c, t == "sliding_attention", self.spec, tp)
+                                    for t in self.layer_types)
         self.norm = GemmaRMSNorm(c.hidden_size, c.rms_norm_eps)
-        self.lm_head = Linear(c.hidden_size, c.vocab_size, bias=False)
+        self.lm_head = ParallelLMHead(c.hidden_size, c.vocab_size, tp)
         self.softcap = getattr(c, "final_logit_softcapping", None)
         self.rotary: dict[str, RotaryEmbedding] = {}
 
     def finish_init(self) -> None:
-        if self.spec.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
+        finish_vocab(self.embed_tokens, self.lm_head, self.spec.tie_word_embeddings)
         device = self.embed_tokens.weight.device
         for t in set(self.layer_types):
             inv, scaling = rope_for_layer_type(self.hf_text_config, t, self.spec.head_dim)
             self.rotary[t] = RotaryEmbedding(inv, scaling, self.max_positions).to(device)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
-        w = self.embed_tokens.weight
-        ids = input_ids.masked_fill(input_ids >= w.shape[0], 0)  # image placeholders past the vocab
-        return self.embed_tokens(ids) * torch.tensor(self.spec.hidden_size ** 0.5, dtype=w.dtype)
+        ids = input_ids.masked_fill(input_ids >= self.spec.vocab_size, 0)  # image placeholders past the vocab
+        return self.embed_tokens(ids) * torch.tensor(self.spec.hidden_size ** 0.5, dtype=self.embed_tokens.weight.dtype)
 
     def forward(self, embeds, positions, kv_caches, meta: AttentionMetadata):
         x = embeds
@@ -139,7 +158,7 @@ class Gemma3TextModel(LlamaForCausalLM):
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        logits = self.lm_head(hidden).float()
+        logits = self.lm_head.logits(hidden)
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -181,10 +200,10 @@ _PREFIXES = (("model.language_model.", "lm"), ("language_model.model.", "lm"), (
 
 
 class Gemma3ForConditionalGeneration(VisionLanguageModel):
-    def __init__(self, hf_config, max_positions: int):
+    def __init__(self, hf_config, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.hf_config = hf_config
-        self.language_model = Gemma3TextModel(hf_config.text_config, max_positions)
+        self.language_model = Gemma3TextModel(hf_config.text_config, max_positions, tp)
         self.local_window = self.language_model.local_window
         self.multi_modal_projector = Gemma3Projector(hf_config)
         self.vision_tower = None  # built in finish_init, outside the meta device
@@ -233,13 +252,21 @@ class Gemma3ForConditionalGeneration(VisionLanguageModel):
 class Gemma3TextFamily(ModelFamily):
     architectures = ("Gemma3ForCausalLM",)
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
+
     def build_model(self):
-        return Gemma3TextModel(self.hf_config, self.session_len)
+        return Gemma3TextModel(self.hf_config, self.session_len, self.tp)
 
 
 class Gemma3Family(ModelFamily):
     architectures = ("Gemma3ForConditionalGeneration",)
     accepts_images = True
+
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return decoder_tp_shape(path)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -254,7 +281,7 @@ class Gemma3Family(ModelFamily):
         return self.boi
 
     def build_model(self):
-        return Gemma3ForConditionalGeneration(self.hf_config, self.session_len)
+        return Gemma3ForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def image_inputs(self, image):
         pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]

@@ -56,7 +56,7 @@ from ..engine.request import MMItem, PromptInputs
 from ..vl import image_hash
 from ..engine.parallel import SINGLE, TPGroup
 from .base import (ModelFamily, _tensor_hash, checkpoint_names, checkpoint_tensors, decoder_tp_shape,
-                   load_image_processor, read_config_json)
+                   load_image_processor, read_config_json, text_tp_shape)
 from .llama import LlamaForCausalLM, internlm2_to_llama_config
 from .vlm import VisionLanguageModel
 
@@ -546,7 +546,10 @@ class InternVLChatFamily(InternVLFamily):
     """``InternVLChatModel`` (the original OpenGVLab layout; its code is never run)."""
 
     architectures = ("InternVLChatModel",)
-    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
+
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return text_tp_shape(_text_config(raw.get("llm_config") or {}))  # InternLM2 / Qwen2 / Llama
 
     def __init__(self, path, raw_config, engine_cfg, vision_cfg, template_cfg, tp=None):
         super().__init__(path, raw_config, engine_cfg, vision_cfg, template_cfg, tp)

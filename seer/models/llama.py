@@ -20,7 +20,7 @@ from ..engine.parallel import SINGLE, TPGroup
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
-from ..layers.vocab import ParallelLMHead, VocabParallelEmbedding
+from ..layers.vocab import ParallelLMHead, VocabParallelEmbedding, finish_vocab
 from ..layers.rotary import MRotaryEmbedding, RotaryEmbedding, apply_rotary, rope_inv_freq
 
 
@@ -146,10 +146,7 @@ class LlamaForCausalLM(nn.Module):
 
     def finish_init(self) -> None:
         """Build non-persistent state on the model's device; call after weights are loaded."""
-        if self.spec.tie_word_embeddings:
-            self.lm_head.weight = self.embed_tokens.weight
-        for m in (self.embed_tokens, self.lm_head):  # rows past the vocabulary (the last rank's padding)
-            m.weight.data[m.shard.rows:] = 0
+        finish_vocab(self.embed_tokens, self.lm_head, self.spec.tie_word_embeddings)
         inv, scaling = rope_inv_freq(self.hf_text_config, self.spec.head_dim)
         device = self.embed_tokens.weight.device
         if self.mrope_section:

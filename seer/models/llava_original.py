@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 
 from ..engine.request import PromptInputs
-from .base import ModelFamily, checkpoint_names, checkpoint_tensors, load_image_processor
+from .base import checkpoint_names, checkpoint_tensors, load_image_processor, text_tp_shape
 from .llava import LlavaFamily, LlavaForConditionalGeneration
 from .llava_next import LlavaNextFamily, LlavaNextForConditionalGeneration
 
@@ -89,9 +89,22 @@ def find_vision_tower(model_path: str, raw: dict, override: Optional[str] = None
                      "cache, or pass its folder as VisionConfig(vision_tower_path=...)")
 
 
+def text_config(raw: dict):
+    """The decoder's transformers ``LlamaConfig`` / ``MistralConfig``: the original config less its
+    ``mm_*`` and training keys."""
+    from transformers import LlamaConfig, MistralConfig
+
+    arch = (raw.get("architectures") or ["LlavaLlamaForCausalLM"])[0]
+    text_cls = MistralConfig if "Mistral" in arch else LlamaConfig
+    skip = {"architectures", "model_type", "transformers_version", "_name_or_path", "image_aspect_ratio",
+            "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side", "freeze_mm_mlp_adapter",
+            "tune_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "mm_vision_tower_lr"}
+    return text_cls(**{k: v for k, v in raw.items() if k not in skip and not k.startswith("mm_")})
+
+
 def transformers_config(model_path: str, raw: dict, tower: str):
     """The transformers ``LlavaConfig`` / ``LlavaNextConfig`` equivalent of an original config."""
-    from transformers import CLIPVisionConfig, LlavaConfig, LlavaNextConfig, LlamaConfig, MistralConfig
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaNextConfig
 
     projector = raw.get("mm_projector_type", "linear")
     if projector != "mlp2x_gelu":
@@ -100,12 +113,7 @@ def transformers_config(model_path: str, raw: dict, tower: str):
     anyres = str(raw.get("image_aspect_ratio", "pad")).startswith("anyres")
     if anyres and merge != "spatial_unpad":
         raise ValueError(f"mm_patch_merge_type={merge!r} with anyres is not supported; supported: 'spatial_unpad'")
-    arch = (raw.get("architectures") or ["LlavaLlamaForCausalLM"])[0]
-    text_cls = MistralConfig if "Mistral" in arch else LlamaConfig
-    skip = {"architectures", "model_type", "transformers_version", "_name_or_path", "image_aspect_ratio",
-            "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side", "freeze_mm_mlp_adapter",
-            "tune_mm_mlp_adapter", "use_mm_proj", "unfreeze_mm_vision_tower", "mm_vision_tower_lr"}
-    text = text_cls(**{k: v for k, v in raw.items() if k not in skip and not k.startswith("mm_")})
+    text = text_config(raw)
     vision = CLIPVisionConfig.from_pretrained(tower)
     common = dict(vision_config=vision.to_dict(), text_config=text.to_dict(),
                   vision_feature_layer=raw.get("mm_vision_select_layer", -2),
@@ -171,12 +179,15 @@ class _OriginalMixin:
 
 class LlavaOriginalFamily(_OriginalMixin, LlavaFamily):
     architectures = ("LlavaLlamaForCausalLM", "LlavaMistralForCausalLM")
-    tp_shape = ModelFamily.tp_shape  # the original layout: not split yet
+
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return text_tp_shape(text_config(raw))  # config.json is the decoder's, plus mm_* keys
 
     def build_model(self):
         if getattr(self.hf_config, "image_grid_pinpoints", None):
-            return LlavaNextForConditionalGeneration(self.hf_config, self.session_len)
-        return LlavaForConditionalGeneration(self.hf_config, self.session_len)
+            return LlavaNextForConditionalGeneration(self.hf_config, self.session_len, self.tp)
+        return LlavaForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     def image_inputs(self, image):
         if getattr(self.hf_config, "image_grid_pinpoints", None):

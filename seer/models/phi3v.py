@@ -3,7 +3,8 @@
 run; this module implements what it describes.
 
 - Decoder: Phi-3 (fused ``qkv_proj`` and ``gate_up_proj``, RMSNorm, SiLU), which is seer's
-  Llama-style decoder with the checkpoint's fused tensors loaded as they are. Rope is LongRoPE
+  Llama-style decoder, the checkpoint's fused tensors read as their parts (so that tensor
+  parallelism takes each rank's rows of q, k, v, gate and up). Rope is LongRoPE
   (``rope_scaling`` type ``longrope``/``su``): transformers' own init function gives the short
   and long inverse frequencies and the attention factor ``sqrt(1 + ln(s) / ln(original_max))``
   (``s = max_position_embeddings / original_max_position_embeddings``) that scales cos and sin.
@@ -45,8 +46,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from ..engine.parallel import SINGLE, TPGroup
 from ..engine.request import PromptInputs
-from .base import ModelFamily, processor_settings
+from .base import ModelFamily, processor_settings, text_tp_shape
 from .llama import LlamaForCausalLM
 from .vlm import VisionLanguageModel
 
@@ -206,14 +208,28 @@ def preprocess(image: Image.Image, num_crops: int, crop: int, mean, std) -> tupl
 # ---- the model ----------------------------------------------------------------------------------
 
 class Phi3ForCausalLM(LlamaForCausalLM):
-    """Phi-3's decoder: the Llama-style one (the checkpoint's fused tensors load as they are) with
-    LongRoPE's long factors from ``original_max_position_embeddings`` on and its sliding window."""
+    """Phi-3's decoder: the Llama-style one with LongRoPE's long factors from
+    ``original_max_position_embeddings`` on and its sliding window. The checkpoint's fused
+    ``qkv_proj`` and ``gate_up_proj`` are read as their q, k, v and gate, up parts, so that with
+    ``tp`` ranks each takes its rows of every part (``LlamaForCausalLM._tp_slice``)."""
 
-    def __init__(self, hf_text_config, max_positions: int):
-        super().__init__(hf_text_config, max_positions)
+    def __init__(self, hf_text_config, max_positions: int, tp: TPGroup = SINGLE):
+        super().__init__(hf_text_config, max_positions, tp)
         window = getattr(hf_text_config, "sliding_window", None)
         if window is not None and window < max_positions:
             self.spec.sliding_window = window
+
+    def map_weight(self, name: str, w: torch.Tensor):
+        if ".self_attn.qkv_proj." in name:
+            s = self.spec
+            q, k, v = w.split([s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim, s.num_kv_heads * s.head_dim])
+            target = name.removeprefix("model.").replace("self_attn.", "")
+            return [(target, "q", q), (target, "k", k), (target, "v", v)]
+        if ".mlp.gate_up_proj." in name:
+            gate, up = w.chunk(2)
+            target = name.removeprefix("model.").replace("mlp.", "")
+            return [(target, 0, gate), (target, 1, up)]
+        return super().map_weight(name, w)
 
     def finish_init(self) -> None:
         super().finish_init()  # short factors (transformers' init without a sequence length)
@@ -237,10 +253,10 @@ class Phi3ForCausalLM(LlamaForCausalLM):
 class Phi3VForCausalLM(VisionLanguageModel):
     CROPS_PER_FORWARD = 32  # CLIP forwards are split so a batch of many-crop images stays bounded
 
-    def __init__(self, cfg: Phi3VConfig, max_positions: int):
+    def __init__(self, cfg: Phi3VConfig, max_positions: int, tp: TPGroup = SINGLE):
         super().__init__()
         self.cfg = cfg
-        self.language_model = Phi3ForCausalLM(cfg.text_config, max_positions)
+        self.language_model = Phi3ForCausalLM(cfg.text_config, max_positions, tp)
         dim = cfg.image_dim_out * 4
         hidden = cfg.text_config.hidden_size
         self.glb_GN = nn.Parameter(torch.empty(1, 1, dim))
@@ -357,8 +373,12 @@ class Phi3VFamily(ModelFamily):
         except Exception as e:  # noqa: BLE001
             raise ValueError(f"could not load the tokenizer from {self.path!r}: {e}") from e
 
+    @classmethod
+    def tp_shape(cls, path: str, raw: dict, tp: int) -> tuple[int, int, int]:
+        return text_tp_shape(phi3v_config(raw).text_config)
+
     def build_model(self):
-        return Phi3VForCausalLM(self.hf_config, self.session_len)
+        return Phi3VForCausalLM(self.hf_config, self.session_len, self.tp)
 
     @property
     def image_token_id(self) -> int:
