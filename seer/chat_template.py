@@ -96,8 +96,8 @@ class ChatTemplate:
         pending = self._system_block(system) if self.system_in_first_user else ""
         out = [] if self.system_in_first_user else [self._system_block(system)]
         for i, message in enumerate(turns):
-            body = text_of(message["content"])
-            if message["role"] == "user":
+            body = _with_tool_calls(text_of(message["content"]), message)
+            if message["role"] in ("user", "tool"):  # a tool's result is written as a user turn
                 out.append(f"{self.user}{pending}{body}{self.eoh}")
                 pending = ""
             elif add_generation_prompt and i == len(turns) - 1:
@@ -117,10 +117,19 @@ def _split_system(conversation: list, default: Optional[str], render_fn) -> tupl
     lead = 1 if turns and turns[0]["role"] == "system" else 0
     system = render_fn(turns[0]["content"]) if lead else default
     for i, message in enumerate(turns[lead:], start=lead):
-        if message["role"] not in ("user", "assistant"):
+        if message["role"] not in ("user", "assistant", "tool"):
             raise ValueError(f"message #{i} has role {message['role']!r}: only the first message may be a "
-                             "system message; the others must be 'user' or 'assistant'")
+                             "system message; the others must be 'user', 'assistant' or 'tool'")
     return system, turns[lead:]
+
+
+def _with_tool_calls(body: str, message: dict) -> str:
+    """A message's text followed by its tool calls as fixed-string templates write them: one JSON
+    object per call (``{"name": ..., "arguments": ...}``), each on its own line."""
+    calls = [json.dumps({"name": c["function"]["name"], "arguments": c["function"].get("arguments", "")},
+                        ensure_ascii=False) for c in message.get("tool_calls") or ()]
+    return "\n".join(([body] if body else []) + calls)
+
 
 
 def _im_template(name: str, system: Optional[str], stop_words: list) -> ChatTemplate:
@@ -164,6 +173,9 @@ def get_builtin(name: str) -> ChatTemplate:
     if name not in BUILTIN_TEMPLATES:
         raise ValueError(f"unknown chat template {name!r}; known templates: {sorted(BUILTIN_TEMPLATES)}")
     return dataclasses.replace(BUILTIN_TEMPLATES[name], stop_words=list(BUILTIN_TEMPLATES[name].stop_words))
+
+
+_TOOL_KEYS = ("tool_calls", "tool_call_id", "name")  # message fields the model's template may render
 
 
 class HFChatTemplate:
@@ -213,8 +225,8 @@ class HFChatTemplate:
         return [{"type": "text", "text": p["text"]} if p["type"] == "text" else {"type": "image"} for p in parts]
 
     def render(self, conversation: list, image_placeholder: str, add_generation_prompt: bool = True) -> str:
-        messages = [{"role": m["role"], "content": self._hf_content(m["content"], image_placeholder)}
-                    for m in conversation]
+        messages = [{"role": m["role"], "content": self._hf_content(m["content"], image_placeholder),
+                     **{k: m[k] for k in _TOOL_KEYS if k in m}} for m in conversation]
         continue_final = bool(add_generation_prompt and messages and messages[-1]["role"] == "assistant")
         kwargs = {"chat_template": self.template} if self.template is not None else {}
         try:

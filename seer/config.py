@@ -21,6 +21,7 @@ GREEDY_TEMPERATURE = 1e-5
 MAX_STOP_WORDS = 64
 MAX_STOP_WORD_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 256
+MAX_LOGIT_BIAS = 300  # token ids one request may bias (OpenAI's bound)
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
@@ -72,6 +73,7 @@ class GenerationConfig:
     spaces_between_special_tokens: bool = True
     logprobs: Optional[int] = None
     output_logits: Optional[str] = None
+    logit_bias: Optional[dict] = None  # token id -> value added to its logit before sampling (OpenAI's)
 
     def __post_init__(self):
         _check(self.n == 1, "n", self.n, "only n=1 is supported by the pipeline")
@@ -108,6 +110,12 @@ class GenerationConfig:
             _int(t) and t >= 0 for t in self.stop_token_ids)),
                "stop_token_ids", _short(self.stop_token_ids),
                f"at most {MAX_STOP_TOKEN_IDS} token ids (integers >= 0)")
+        _check(self.logit_bias is None or (isinstance(self.logit_bias, dict) and len(self.logit_bias) <= MAX_LOGIT_BIAS
+                                           and all(_int(t) and t >= 0 and _real(b) and -100 <= b <= 100
+                                                   for t, b in self.logit_bias.items())),
+               "logit_bias", self.logit_bias if not isinstance(self.logit_bias, dict) or len(self.logit_bias) < 6
+               else f"{{... {len(self.logit_bias)} entries}}",
+               f"None or a dict of at most {MAX_LOGIT_BIAS} token ids (integers >= 0) to biases in [-100, 100]")
 
     @property
     def greedy(self) -> bool:

@@ -48,6 +48,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     skip_special_tokens: bool = True
+    logit_bias: Optional[dict[int, float]] = None
 
     def to_generation_config(self, default_max: int) -> GenerationConfig:
         if self.n != 1:
@@ -61,7 +62,8 @@ class SamplingParams:
             stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=self.logprobs,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-            frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens)
+            frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens,
+            logit_bias=self.logit_bias)
 
 
 @dataclass

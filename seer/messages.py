@@ -1,7 +1,9 @@
 """Every accepted prompt shape, turned into one internal conversation form.
 
 A ``Conversation`` is a list of messages ``{"role": ROLE, "content": [Part, ...]}``
-with ROLE in ``system``/``user``/``assistant`` and each Part either
+with ROLE in ``system``/``user``/``assistant``/``tool`` (``developer`` is read as ``system``;
+an assistant message may also carry ``tool_calls`` and have no content, a tool message
+``tool_call_id`` and ``name``, which chat templates that know tools render) and each Part either
 ``{"type": "text", "text": str}`` or ``{"type": "image", "image": IMAGE}``, IMAGE
 being a decoded RGB ``PIL.Image.Image`` or a ``torch.Tensor`` of precomputed
 image embeddings (passed through untouched). An image part may also carry
@@ -33,7 +35,10 @@ Part = dict
 Message = dict
 Conversation = list
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
+ROLE_ALIASES = {"developer": "system"}  # the OpenAI SDK's name for system prompts of newer models
+ACCEPTED_ROLES = ROLES + tuple(ROLE_ALIASES)
+MAX_TOOL_CALLS = 128  # tool calls in one assistant message
 PROMPT_SHAPES = ("a str; a tuple (text, image_or_list_of_images); a list of OpenAI-style message "
                  "dicts (each with 'role' and 'content'); or a batch: a list of any of these")
 PART_TYPES = ("{'type': 'text', 'text': str}, {'type': 'image_url', 'image_url': {'url': URL}} "
@@ -220,15 +225,49 @@ def _image_options(part: dict, kind: str, where: str) -> dict:
 def _convert_message(message: dict, index: int, policy: Optional[MediaPolicy]) -> Message:
     where = f"message #{index}"
     role = message.get("role")
-    if role not in ROLES:
-        raise ValueError(f"{where}: role {role!r} is not supported; accepted roles: {ROLES}")
+    if role not in ACCEPTED_ROLES:
+        raise ValueError(f"{where}: role {role!r} is not supported; accepted roles: {ACCEPTED_ROLES}")
+    role = ROLE_ALIASES.get(role, role)
     content = message.get("content")
+    extra = _tool_fields(message, role, where)
+    if content is None and "tool_calls" in extra:  # an assistant turn that only called tools
+        return {"role": role, "content": [], **extra}
     if isinstance(content, str):
-        return {"role": role, "content": [text_part(content)]}
+        return {"role": role, "content": [text_part(content)], **extra}
     if isinstance(content, (list, tuple)):
-        return {"role": role, "content": [_convert_part(p, role, where, policy) for p in content]}
-    raise ValueError(f"{where} ({role}): 'content' must be a str or a list of parts, "
-                     f"got {type(content).__name__}; accepted parts: {PART_TYPES}")
+        return {"role": role, "content": [_convert_part(p, role, where, policy) for p in content], **extra}
+    raise ValueError(f"{where} ({role}): 'content' must be a str or a list of parts (or null in an assistant "
+                     f"message with tool_calls), got {type(content).__name__}; accepted parts: {PART_TYPES}")
+
+
+def _tool_fields(message: dict, role: str, where: str) -> dict:
+    """What a message carries about tools, checked: an assistant's ``tool_calls`` (OpenAI's shape:
+    ``[{"id", "type": "function", "function": {"name", "arguments"}}]``), a tool's ``tool_call_id``
+    and ``name``. Chat templates that know tools render them; the others see only the content."""
+    out = {}
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if role != "assistant":
+            raise ValueError(f"{where}: tool_calls are only accepted in assistant messages, found in a {role!r} one")
+        if not isinstance(calls, (list, tuple)) or len(calls) > MAX_TOOL_CALLS:
+            raise ValueError(f"{where}: tool_calls must be a list of at most {MAX_TOOL_CALLS} calls")
+        for i, c in enumerate(calls):
+            fn = c.get("function") if isinstance(c, dict) else None
+            if not (isinstance(fn, dict) and isinstance(fn.get("name"), str)
+                    and isinstance(fn.get("arguments", ""), (str, dict))):
+                raise ValueError(f"{where}: tool_calls[{i}] must be {{'id': str, 'type': 'function', 'function': "
+                                 f"{{'name': str, 'arguments': JSON string}}}}")
+            check_text(fn["name"], f"{where}: tool_calls[{i}].function.name")
+            if isinstance(fn.get("arguments"), str):
+                check_text(fn["arguments"], f"{where}: tool_calls[{i}].function.arguments")
+        out["tool_calls"] = [dict(c) for c in calls]
+    for key in ("tool_call_id", "name"):
+        v = message.get(key)
+        if v is not None and role == "tool":
+            if not isinstance(v, str):
+                raise ValueError(f"{where}: {key} must be a string")
+            out[key] = check_text(v, f"{where}: {key}")
+    return out
 
 
 def to_conversation(prompt, policy: Optional[MediaPolicy] = None) -> Conversation:

@@ -138,6 +138,19 @@ def test_openai_messages_all_part_kinds():
     assert text_of(conv[1]) == "look:" and text_of(conv[3]) == "again"
 
 
+def test_messages_as_the_sdks_send_them():
+    """developer is system; an assistant turn that only called tools has content null; a tool
+    message answers it. The tool fields pass through (checked) for the chat template."""
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    conv = to_conversation([{"role": "developer", "content": "be brief"}, {"role": "user", "content": "weather?"},
+                            {"role": "assistant", "content": None, "tool_calls": [call]},
+                            {"role": "tool", "content": "12 C", "tool_call_id": "call_1"}])
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "tool"]
+    assert conv[2] == {"role": "assistant", "content": [], "tool_calls": [call]}
+    assert conv[3] == {"role": "tool", "content": [{"type": "text", "text": "12 C"}], "tool_call_id": "call_1"}
+    assert to_conversation(conv) == conv
+
+
 def test_conversion_is_idempotent():
     conv = to_conversation([{"role": "user", "content": [{"type": "image", "image": _img()},
                                                           {"type": "text", "text": "x"}]}])
@@ -145,8 +158,14 @@ def test_conversion_is_idempotent():
 
 
 @pytest.mark.parametrize("prompt, words", [
-    ([{"role": "tool", "content": "x"}], "role 'tool'"),
+    ([{"role": "robot", "content": "x"}], "role 'robot'"),
     ([{"role": "user", "content": None}], "'content' must be a str or a list"),
+    ([{"role": "assistant", "content": None}], "or null in an assistant message with tool_calls"),
+    ([{"role": "user", "content": "x", "tool_calls": []}], "only accepted in assistant messages"),
+    ([{"role": "assistant", "content": None, "tool_calls": [{"function": {"arguments": "{}"}}]}],
+     "tool_calls[0] must be"),
+    ([{"role": "assistant", "content": None, "tool_calls": "get_weather"}], "must be a list"),
+    ([{"role": "tool", "content": "x", "tool_call_id": 7}], "tool_call_id must be a string"),
     ([{"role": "user", "content": [{"type": "audio", "audio": "x"}]}], "unknown content part type 'audio'"),
     ([{"role": "user", "content": [{"text": "no type"}]}], "is not a dict with a 'type'"),
     ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "'text' as a str"),

@@ -292,7 +292,7 @@ def test_values_at_the_edges_of_the_ranges_are_served(server):
         dict(temperature=1, seed=-2**63, n=2), dict(repetition_penalty=0.01), dict(repetition_penalty=100),
         dict(presence_penalty=-2, frequency_penalty=2), dict(temperature=1, min_p=1, top_k=-1),
         dict(temperature=5e-324), dict(logprobs=True, top_logprobs=20), dict(stop=["x" * 1024] * 16),
-        dict(stop_token_ids=list(range(64)), min_tokens=3), dict(max_tokens=3.0), dict(max_tokens=10**30),
+        dict(stop_token_ids=list(range(64)), min_tokens=3), dict(max_tokens=3.0),
         dict(n=16, max_tokens=1),
     ]
     for fields in cases:

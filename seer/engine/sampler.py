@@ -8,9 +8,10 @@ common case, is one ``argmax``.
 A row whose settings fail at run time fails alone: its ``errors`` entry says why and
 the engine ends that request with an error; the other rows keep their tokens.
 
-Order of processing, as in transformers: penalties and the min-new-tokens EOS mask
-on the raw logits; then greedy argmax, or temperature, top-k, top-p and min-p
-followed by a draw. Reported logprobs are those of the raw model distribution.
+Order of processing: ``logit_bias`` added to the raw logits (as OpenAI does), then, as in
+transformers, penalties and the min-new-tokens EOS mask; then greedy argmax, or temperature,
+top-k, top-p and min-p followed by a draw. Reported logprobs are those of the raw model
+distribution.
 """
 
 from __future__ import annotations
@@ -33,13 +34,19 @@ class SampleResult:
 
 def _needs_processing(seq: Sequence, eos_ids: frozenset) -> bool:
     g = seq.gen
-    return (g.repetition_penalty != 1.0 or g.presence_penalty != 0.0 or g.frequency_penalty != 0.0
+    return (g.repetition_penalty != 1.0 or g.presence_penalty != 0.0 or g.frequency_penalty != 0.0 or g.logit_bias
             or (g.min_new_tokens > seq.num_output_tokens and bool(eos_ids or g.stop_token_ids)))
 
 
 def _apply_penalties(row: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> torch.Tensor:
     g = seq.gen
     row = row.clone()
+    if g.logit_bias:
+        far = [t for t in g.logit_bias if t >= row.numel()]
+        if far:
+            raise ValueError(f"logit_bias token ids {far[:5]} are outside the vocabulary [0, {row.numel()})")
+        ids = torch.tensor(list(g.logit_bias), device=row.device)
+        row[ids] += torch.tensor(list(g.logit_bias.values()), dtype=row.dtype, device=row.device)
     if g.repetition_penalty != 1.0:
         ids = torch.tensor(sorted(set(seq.token_ids)), device=row.device)
         vals = row[ids]

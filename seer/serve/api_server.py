@@ -1,7 +1,9 @@
 """``seer serve [api_server] MODEL``: an OpenAI-compatible HTTP server (FastAPI + uvicorn).
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` (text and ``image_url`` parts,
-SSE streaming), ``POST /v1/completions``, ``GET /health``, ``GET /metrics`` (Prometheus).
+SSE streaming), ``POST /v1/completions``, ``GET /health``, ``GET /metrics`` (Prometheus), and
+vLLM's side endpoints (``side_routes.py``: ``/tokenize``, ``/detokenize``, ``/tokenizer_info``,
+``/version``, ``/ping``).
 
 How a request flows (one way): parse (pydantic, then ``GenerationConfig``) -> prepare
 (image fetching, chat template, tokenization: in a worker thread, off the event loop)
@@ -49,6 +51,7 @@ from ..messages import check_text
 from ..vl.constants import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES
 from ..vl.sources import MediaPolicy
 from .metrics import ServerMetrics
+from .side_routes import add_side_routes
 from .http_edge import (DEFAULT_MAX_BODY, POST_RESPONSES, Gate, declare_errors, describe_validation, first_loc,
                         http_protocol, responses)
 from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_logprobs,
@@ -199,8 +202,16 @@ class ServerCore:
         want = req.max_new_tokens()
         if want is not None and want < 1:
             raise BadRequest(f"max_tokens={want} is invalid: an integer >= 1", param="max_tokens")
+        if want is not None and want > room >= 1:  # as OpenAI and vLLM answer, rather than cut it short
+            raise BadRequest(f"max_tokens={want} is more than the context window leaves: the prompt has "
+                             f"{n_prompt_tokens} tokens and session_len is {pipe.session_len}, so at most {room}",
+                             param="max_tokens")
         # Without a cap a request may run to the end of its session (the engine stops it there).
         gen = req.generation_config(want if want is not None else max(room, 1), req.num_logprobs())
+        far = [t for t in gen.logit_bias or () if t >= len(pipe.tokenizer)]
+        if far:
+            raise BadRequest(f"logit_bias token ids {far[:5]} are outside the vocabulary [0, {len(pipe.tokenizer)})",
+                             param="logit_bias")
         gens = pipe.gen_configs(gen, 1) * req.n
         if req.seed is not None:
             gens = [g.replace(random_seed=req.seed + i) for i, g in enumerate(gens)]
@@ -323,6 +334,8 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
             return PlainTextResponse("ok")
         why = core.load_error or ("loading" if core.pipe is None else "the engine has stopped")
         return PlainTextResponse(why, 503)
+
+    add_side_routes(app, core, guard, POST_RESPONSES)
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics():
@@ -465,8 +478,9 @@ async def _closing(job: _Job, stream: AsyncIterator[str]) -> AsyncIterator[str]:
 
 
 async def _stream_choices(job: _Job, results: list[dict], n: int, choice_of, chunk_of, include_usage: bool):
-    """The SSE body after any preamble: one chunk per delta that shows something, the request's
-    usage on its last content chunk (as LMDeploy does), OpenAI's usage-only chunk when asked for."""
+    """The SSE body after any preamble: one chunk per delta that shows something, then, as OpenAI
+    sends it and only when asked (``stream_options.include_usage``), a chunk with the request's
+    usage and no choices."""
     async for index, out in job.deltas():
         offset = len(results[index]["text"])  # of this choice's text before the delta
         _add(results[index], out)
@@ -475,8 +489,7 @@ async def _stream_choices(job: _Job, results: list[dict], n: int, choice_of, chu
             continue
         if not out.new_text and not out.finished and not out.new_token_ids:
             continue
-        last = out.finished and not job.pending
-        yield sse(chunk_of([choice_of(index, out, offset)], _usage(results, n) if last else None))
+        yield sse(chunk_of([choice_of(index, out, offset)]))
     if include_usage:
         yield sse(chunk_of([], _usage(results, n)))
     yield "data: [DONE]\n\n"

@@ -297,6 +297,9 @@ def describe_validation(errors) -> str:
             parts.append(f"the body is not valid JSON ({e.get('ctx', {}).get('error', msg)})")
         elif e.get("type") == "missing":
             parts.append(f"{loc}: required field is missing")
+        elif e.get("type") == "extra_forbidden":
+            parts.append(f"{loc}: seer does not support this field (the README's server section lists the "
+                         "fields it takes, and those it accepts with no effect)")
         elif e.get("type") == "value_error":  # our validators: the message says it all
             parts.append(f"{loc or 'body'}: {msg.removeprefix('Value error, ')}")
         else:

@@ -7,7 +7,7 @@ so the server module only moves data.
 
 Beyond OpenAI's fields, the extra sampling fields vLLM and LMDeploy accept are taken:
 ``top_k``, ``min_p``, ``repetition_penalty``, ``min_tokens``, ``ignore_eos``,
-``skip_special_tokens``, ``stop_token_ids``.
+``skip_special_tokens``, ``stop_token_ids``; and OpenAI's ``logit_bias`` is applied.
 """
 
 from __future__ import annotations
@@ -44,11 +44,16 @@ MAX_STOP_TOKEN_IDS = 64
 MAX_PROMPTS = 64  # prompts in one completions request
 MAX_MESSAGES = 1024  # messages in one chat request
 MAX_LOGPROBS = 20  # top alternatives per token
+MAX_LOGIT_BIAS = 300  # biased token ids per request (OpenAI's bound)
 INT64 = (-2**63, 2**63 - 1)
 
 # Every field strictly typed: "4" is not an integer, "yes" not a boolean, and no number is
-# Infinity or NaN (Python's JSON reader accepts both literals).
-_STRICT = ConfigDict(extra="ignore", strict=True)
+# Infinity or NaN (Python's JSON reader accepts both literals). A field seer does not know is a
+# 400, not silently ignored (a client that asks for best_of, tools or response_format must not
+# get an answer that quietly lacks them); the fields it accepts with no effect are declared.
+_STRICT = ConfigDict(extra="forbid", strict=True)
+NO_EFFECT_FIELDS = ("user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
+                    "safety_identifier")
 
 
 def _number(default, description: str, **bounds):
@@ -119,7 +124,13 @@ class _SamplingFields(BaseModel):
     frequency_penalty: float = _number(0.0, "in [-2, 2]", ge=-2, le=2)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
-    user: Optional[str] = None
+    user: Optional[str] = None  # these and the next: accepted, no effect here (NO_EFFECT_FIELDS)
+    store: Optional[bool] = None
+    metadata: Optional[dict[str, str]] = Field(None, max_length=16)
+    service_tier: Optional[str] = Field(None, max_length=64)
+    parallel_tool_calls: Optional[bool] = None
+    prompt_cache_key: Optional[str] = Field(None, max_length=1024)
+    safety_identifier: Optional[str] = Field(None, max_length=1024)
     # vLLM / LMDeploy extras
     top_k: Optional[int] = Field(None, ge=-1, description="-1 or 0: no top-k cut; k >= 1: the k likeliest")
     min_p: float = _number(0.0, "in [0, 1]", ge=0, le=1)
@@ -129,6 +140,9 @@ class _SamplingFields(BaseModel):
     skip_special_tokens: bool = True
     stop_token_ids: Optional[Annotated[list[_TokenId], Field(max_length=MAX_STOP_TOKEN_IDS)]] = Field(
         None, description=f"at most {MAX_STOP_TOKEN_IDS} token ids that end the answer")
+    logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100)]]] = Field(
+        None, max_length=MAX_LOGIT_BIAS, description=f"at most {MAX_LOGIT_BIAS} token ids (as strings) mapped to a "
+                                                      "bias in [-100, 100] added to their logits before sampling")
 
     @field_validator("n", "max_tokens", "seed", "top_k", "min_tokens", "stop_token_ids", "max_completion_tokens",
                      "top_logprobs", "logprobs", "prompt", mode="before", check_fields=False)
@@ -150,6 +164,16 @@ class _SamplingFields(BaseModel):
                              "which cannot be encoded as UTF-8")
         return value
 
+    def token_bias(self) -> Optional[dict[int, float]]:
+        """``logit_bias`` with its keys as token ids (JSON keys are strings)."""
+        if not self.logit_bias:
+            return None
+        bad = [k for k in self.logit_bias if not (k.isascii() and k.isdigit() and len(k) <= 12)]
+        if bad:
+            raise BadRequest(f"logit_bias keys must be token ids written as decimal strings, got {bad[:3]}",
+                             param="logit_bias")
+        return {int(k): float(v) for k, v in self.logit_bias.items()}
+
     def generation_config(self, max_new_tokens: int, logprobs: Optional[int]) -> GenerationConfig:
         """Our sampling settings; ``max_new_tokens`` is the request's cap (or the session's)."""
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -163,6 +187,7 @@ class _SamplingFields(BaseModel):
                 frequency_penalty=self.frequency_penalty, ignore_eos=self.ignore_eos,
                 random_seed=self.seed, stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
                 stop_token_ids=self.stop_token_ids, skip_special_tokens=self.skip_special_tokens,
+                logit_bias=self.token_bias(),
                 logprobs=logprobs)
         except ValueError as e:
             raise BadRequest(str(e)) from None
@@ -178,11 +203,22 @@ _IMAGE_PART = {"type": "object", "required": ["type", "image_url"],
                               "image_url": {"type": "object", "required": ["url"],
                                             "properties": {"url": {"type": "string",
                                                                    "description": "http(s) URL or data: URI"}}}}}
-_MESSAGE_SCHEMA = {"type": "object", "required": ["role", "content"],
-                   "properties": {"role": {"enum": ["system", "user", "assistant"]},
+_TOOL_CALL = {"type": "object", "required": ["function"],
+              "properties": {"id": {"type": "string"}, "type": {"const": "function"},
+                             "function": {"type": "object", "required": ["name"],
+                                          "properties": {"name": {"type": "string"},
+                                                         "arguments": {"type": "string"}}}}}
+_MESSAGE_SCHEMA = {"type": "object", "required": ["role"],
+                   "properties": {"role": {"enum": ["system", "developer", "user", "assistant", "tool"],
+                                           "description": "developer is taken as system"},
                                   "content": {"anyOf": [{"type": "string"},
                                                         {"type": "array",
-                                                         "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}}]}}}
+                                                         "items": {"anyOf": [_TEXT_PART, _IMAGE_PART]}},
+                                                        {"type": "null"}],
+                                              "description": "null only in an assistant message with "
+                                                             "tool_calls"},
+                                  "tool_calls": {"type": "array", "items": _TOOL_CALL},
+                                  "tool_call_id": {"type": "string"}, "name": {"type": "string"}}}
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -304,3 +340,34 @@ def completion_response(rid: str, model: str, choices: list[dict], use: dict,
     if use is not None:
         out["usage"] = use
     return out
+
+
+# ---- vLLM's side endpoints ----------------------------------------------------------------------
+
+class TokenizeRequest(BaseModel):
+    """vLLM's ``POST /tokenize``: a ``prompt`` (raw text) or chat ``messages`` (through the chat
+    template, images loaded and expanded to their placeholder runs)."""
+
+    model_config = _STRICT
+
+    model: Optional[str] = None
+    prompt: Optional[str] = None
+    messages: Optional[list[dict[str, Any]]] = Field(None, min_length=1, max_length=MAX_MESSAGES,
+                                                     json_schema_extra={"items": _MESSAGE_SCHEMA})
+    add_special_tokens: Optional[bool] = Field(None, description="default: true for a prompt; for messages "
+                                               "the chat template writes them")
+    add_generation_prompt: bool = True
+
+    @field_validator("model", "prompt", "messages")
+    @classmethod
+    def _utf8(cls, value, info):
+        if _bad_text(value, info.field_name):
+            raise ValueError(f"{info.field_name} is not valid text: it holds a lone surrogate (such as \\ud800)")
+        return value
+
+
+class DetokenizeRequest(BaseModel):
+    model_config = _STRICT
+
+    model: Optional[str] = None
+    tokens: list[_TokenId] = Field(max_length=1 << 20)
