@@ -74,6 +74,10 @@ class GenerationConfig:
     logprobs: Optional[int] = None
     output_logits: Optional[str] = None
     logit_bias: Optional[dict] = None  # token id -> value added to its logit before sampling (OpenAI's)
+    # Log-probabilities of the prompt's tokens (each given the tokens before it) with this many top
+    # alternatives (0: the token's own only); None: not computed. The prompt is then computed
+    # whole, not taken from the prefix cache.
+    prompt_logprobs: Optional[int] = None
 
     def __post_init__(self):
         _check(self.n == 1, "n", self.n, "only n=1 is supported by the pipeline")
@@ -98,6 +102,8 @@ class GenerationConfig:
                "random_seed", self.random_seed, "None or an integer in [-2**63, 2**64 - 1]")
         _check(self.logprobs is None or (_int(self.logprobs) and 0 <= self.logprobs <= 20),
                "logprobs", self.logprobs, "None or an integer in [0, 20]")
+        _check(self.prompt_logprobs is None or (_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= 20),
+               "prompt_logprobs", self.prompt_logprobs, "None or an integer in [0, 20]")
         _check(self.output_logits in OUTPUT_LOGITS, "output_logits", self.output_logits,
                f"one of {OUTPUT_LOGITS}")
         if isinstance(self.stop_words, str):

@@ -49,6 +49,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     skip_special_tokens: bool = True
     logit_bias: Optional[dict[int, float]] = None
+    prompt_logprobs: Optional[int] = None  # RequestOutput.prompt_logprobs: each prompt token's logprob
 
     def to_generation_config(self, default_max: int) -> GenerationConfig:
         if self.n != 1:
@@ -63,7 +64,7 @@ class SamplingParams:
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=self.logprobs,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens,
-            logit_bias=self.logit_bias)
+            logit_bias=self.logit_bias, prompt_logprobs=self.prompt_logprobs)
 
 
 @dataclass
@@ -84,6 +85,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = True
+    prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None  # with SamplingParams(prompt_logprobs=k)
 
 
 # vLLM engine arguments that change nothing here (accepted so that vLLM code runs unchanged).
@@ -203,7 +205,8 @@ class LLM:
             cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None
             prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
             outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), [CompletionOutput(
-                0, r.text, r.token_ids, cum, lp, r.finish_reason if r.finish_reason != "error" else "abort")]))
+                0, r.text, r.token_ids, cum, lp, r.finish_reason if r.finish_reason != "error" else "abort")],
+                prompt_logprobs=r.prompt_logprobs))
             if r.error:
                 raise RuntimeError(f"request {self._ids} failed: {r.error}")
         return outs

@@ -50,6 +50,9 @@ class Response:
     session_id: int = 0
     error: Optional[str] = None
     num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    # With GenerationConfig(prompt_logprobs=k): per prompt token, None for the first, else
+    # {token: logprob, top-k alternatives...}
+    prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None
 
     def __repr__(self) -> str:
         return (f"Response(text={self.text!r}, generate_token_len={self.generate_token_len}, "
@@ -63,6 +66,8 @@ class Response:
         self.num_cached_tokens = out.num_cached_tokens
         if out.new_logprobs is not None:
             self.logprobs = (self.logprobs or []) + out.new_logprobs
+        if out.prompt_logprobs is not None:
+            self.prompt_logprobs = out.prompt_logprobs
         if out.new_logits is not None:
             self.logits = out.new_logits if self.logits is None else torch.cat([self.logits, out.new_logits])
         if out.finished:
@@ -216,6 +221,26 @@ class Pipeline:
         # Always normalise: to_conversation is idempotent (chat history passes through) and loads
         # every image and string content, whatever the first message looks like.
         return self.family.encode(to_conversation(prompt, policy))
+
+    def get_ppl(self, input_ids) -> list[float]:
+        """LMDeploy's ``get_ppl``: for each sequence of token ids (one list, or a list of lists), the
+        mean negative log-likelihood of its tokens after the first, each given those before it
+        (the cross-entropy loss; ``exp`` of it is the perplexity). The whole sequence is computed:
+        none of it comes from the prefix cache."""
+        batch = [input_ids] if isinstance(input_ids, (list, tuple)) and input_ids and \
+            isinstance(input_ids[0], int) else input_ids
+        if not isinstance(batch, (list, tuple)) or not batch or not all(
+                isinstance(ids, (list, tuple)) and len(ids) >= 2 and all(isinstance(t, int) for t in ids)
+                for ids in batch):
+            raise ValueError("get_ppl takes token ids: a list of at least 2 ints, or a list of such lists")
+        gen = GenerationConfig(max_new_tokens=1, prompt_logprobs=0)
+        responses = self.run(list(batch), [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
+        out = []
+        for ids, r in zip(batch, responses):
+            if r.error:
+                raise RuntimeError(f"get_ppl failed: {r.error}")
+            out.append(-sum(d[t] for d, t in zip(r.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1))
+        return out
 
     def prepare_ids(self, ids: list[int], images: Seq = ()) -> PromptInputs:
         """Token ids as they are (vLLM's raw prompts: no chat template), each image placeholder

@@ -109,7 +109,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(tiny_llava):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0, timeout=120)
     stream = client.chat.completions.create(model=tiny_llava, messages=[{"role": "user", "content": "go"}],
                                             max_tokens=800, temperature=0, stream=True,
-                                            extra_body={"ignore_eos": True})
+                                            stream_options={"include_usage": True}, extra_body={"ignore_eos": True})
     chunks = iter(stream)
     first = next(c for c in chunks if c.choices and c.choices[0].delta.content)
     server.proc.send_signal(signal.SIGTERM)

@@ -165,3 +165,15 @@ def test_serve_tp2_leaves_no_worker_behind(tiny_llama, sig):
     finally:
         if server.proc.poll() is None:
             server.proc.kill()
+
+
+def test_prompt_logprobs_at_tp2_equal_tp1(tiny_llama):
+    """Prompt logprobs gather every rank's vocabulary share, slice by slice, as the sampled rows do."""
+    gen = GenerationConfig(max_new_tokens=2, prompt_logprobs=2)
+    lps = []
+    for cfg in (None, EngineConfig(tp=2)):
+        with pipeline(tiny_llama, cfg) as pipe:
+            lps.append(pipe("a longer prompt about red circles and blue squares", gen_config=gen).prompt_logprobs)
+    assert lps[0][0] is None and lps[1][0] is None and len(lps[0]) == len(lps[1])
+    for a, b in zip(lps[0][1:], lps[1][1:]):
+        assert a.keys() == b.keys() and list(a.values()) == pytest.approx(list(b.values()), abs=1e-4)

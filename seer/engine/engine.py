@@ -166,7 +166,10 @@ class Engine:
             return
         try:
             step = make_step_input(sched, self.blocks.block_size, self.blocks.take_fresh())
-            logits = self.runner.execute(step)
+            out = self.runner.execute(step)
+            logits = out.logits
+            for rid, lps in out.prompt_logprobs.items():
+                self._seqs[rid].prompt_logprobs.extend(lps)
             seqs = [self._seqs[rid] for rid in step.sampling_ids]
             sampled = sample(logits, seqs, self.eos_ids)
         except Exception as e:  # noqa: BLE001
@@ -248,12 +251,17 @@ class Engine:
         if seq.sink is None:
             return
         finished = seq.is_finished or error is not None
+        prompt_lp = None
+        if seq.prompt_logprobs is not None and not seq.needs_prompt_logprobs and not seq.state.get("prompt_sent"):
+            seq.state["prompt_sent"] = True  # with the first delta after the prompt is done
+            prompt_lp = [None] + seq.prompt_logprobs
         out = RequestOutput(
             request_id=seq.request_id, new_token_ids=toks, new_text=text,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens - seq.state.get("hidden", 0),
             finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
-            error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens)
+            error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens,
+            prompt_logprobs=prompt_lp)
         try:
             seq.sink(out)
         except Exception:  # noqa: BLE001 - a broken consumer must not stop the loop

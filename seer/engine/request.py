@@ -67,6 +67,9 @@ class RequestOutput:
     new_logprobs: Optional[list[dict[int, float]]] = None
     new_logits: Any = None  # tensor [new tokens, vocab] when output_logits is set
     num_cached_tokens: int = 0
+    # With prompt_logprobs, on the first delta: one entry per prompt token, None for the first
+    # (nothing precedes it), else {token: logprob, top alternatives...}.
+    prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None
 
 
 Sink = Callable[[RequestOutput], None]
@@ -101,6 +104,8 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.error: Optional[str] = None
         self.num_preemptions = 0
+        # Logprobs of prompt tokens 1.. as computed so far (gen.prompt_logprobs set), else None.
+        self.prompt_logprobs: Optional[list[dict[int, float]]] = [] if gen.prompt_logprobs is not None else None
         self.state: dict[str, Any] = {}  # per-request state owned by the output processor
 
     @property
@@ -114,6 +119,11 @@ class Sequence:
     @property
     def output_token_ids(self) -> list[int]:
         return self.token_ids[self.num_prompt_tokens:]
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Prompt logprobs asked for and not all computed yet (the prefix cache is then skipped)."""
+        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
 
     @property
     def is_finished(self) -> bool:

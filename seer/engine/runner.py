@@ -26,6 +26,18 @@ from ..layers.attention import AttentionMetadata, PrefillSpan
 from .step import ImageSpan, SeqChunk, StepInput
 
 
+PROMPT_SLICE = 256  # prompt rows whose logits are made at once (prompt logprobs)
+
+
+@dataclass
+class StepOutput:
+    """What a step gives back: the logits of the chunks that sample, in chunk order, and the
+    prompt logprobs the step's chunks asked for, by request id."""
+
+    logits: torch.Tensor
+    prompt_logprobs: dict[int, list[dict[int, float]]]
+
+
 @dataclass
 class KVSpec:
     num_layers: int
@@ -39,8 +51,10 @@ class KVSpec:
 
 class ModelRunner:
     def __init__(self, model, kv: KVSpec, num_blocks: int, block_size: int, device: torch.device,
-                 vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None, workers=None):
+                 vision_batch_size: int = 8, feature_cache_size: int = 256, sliding_window=None, workers=None,
+                 rank: int = 0):
         self.model = model
+        self.rank = rank  # tensor-parallel rank: only rank 0's logits are whole (and used)
         self.workers = workers  # tensor-parallel ranks 1.. (``parallel.Executor``): each step goes to them too
         self.kv = kv
         self.block_size = block_size
@@ -68,7 +82,7 @@ class ModelRunner:
         window = family.model.spec.sliding_window
         window = window if window and window < family.session_len else None  # no context can exceed it
         return cls(family.model, family.kv_spec(), num_blocks, cfg.block_size, family.device,
-                   vcfg.max_batch_size, vcfg.feature_cache_size, window, workers)
+                   vcfg.max_batch_size, vcfg.feature_cache_size, window, workers, family.tp.rank)
 
     @property
     def healthy(self) -> bool:
@@ -82,15 +96,15 @@ class ModelRunner:
             self.workers.close()
 
     # ---- the step -------------------------------------------------------------------
-    def execute(self, step: StepInput) -> torch.Tensor:
-        """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order
-        (with tensor-parallel workers, every rank runs it: ``parallel.Executor.run``)."""
+    def execute(self, step: StepInput) -> StepOutput:
+        """One forward over ``step``: the logits ``[chunks that sample, vocab]``, in chunk order, and
+        any prompt logprobs (with tensor-parallel workers, every rank runs it: ``Executor.run``)."""
         if self.workers is not None:
             return self.workers.run(step, lambda: self._execute(step))
         return self._execute(step)
 
     @torch.inference_mode()
-    def _execute(self, step: StepInput) -> torch.Tensor:
+    def _execute(self, step: StepInput) -> StepOutput:
         self.zero_blocks(step.fresh_blocks)
         dev = self.device
         input_ids = torch.tensor(step.input_ids, dtype=torch.long, device=dev)
@@ -105,7 +119,31 @@ class ModelRunner:
             pos = torch.tensor(step.positions, dtype=torch.long, device=dev)
         hidden = self.model(embeds, pos, self.kv_caches, meta)
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=dev)
-        return self.model.compute_logits(hidden.index_select(0, rows))
+        logits = self.model.compute_logits(hidden.index_select(0, rows))
+        prompt = {rid: self._prompt_logprobs(hidden, first, targets, top)
+                  for first, targets, top, rid in step.prompt_rows}
+        return StepOutput(logits, prompt)
+
+    def _prompt_logprobs(self, hidden, first: int, targets: list[int], top: int) -> list[dict[int, float]]:
+        """``{target: logprob, top alternatives...}`` for each of ``targets``, predicted by the rows
+        from ``first`` on; the logits are made ``PROMPT_SLICE`` rows at a time, so a long prompt
+        never holds more than that many rows of vocabulary-wide logits."""
+        out = []
+        for a in range(0, len(targets), PROMPT_SLICE):
+            logits = self.model.compute_logits(hidden[first + a:first + a + PROMPT_SLICE][:len(targets) - a])
+            if self.rank:  # a worker takes part in gathering the logits; rank 0 makes the logprobs
+                continue
+            lp = torch.log_softmax(logits, dim=-1)
+            tgt = torch.tensor(targets[a:a + PROMPT_SLICE], device=lp.device)
+            own = lp.gather(1, tgt[:, None])[:, 0].tolist()
+            tops = lp.topk(top, dim=-1) if top else None
+            for i, (t, v) in enumerate(zip(tgt.tolist(), own)):
+                d = {t: v}
+                if tops is not None:
+                    for tv, ti in zip(tops.values[i].tolist(), tops.indices[i].tolist()):
+                        d.setdefault(ti, tv)
+                out.append(d)
+        return out
 
     @staticmethod
     def _mrope_positions(chunks: list[SeqChunk]) -> torch.Tensor:

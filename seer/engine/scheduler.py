@@ -161,7 +161,8 @@ class Scheduler:
 
     def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> bool:
         """Attach the cached prefix and allocate the first chunk of a waiting sequence."""
-        cached = self.blocks.match_prefix(seq)
+        # A prompt whose logprobs are asked for is computed whole: cached blocks would skip rows.
+        cached = 0 if seq.needs_prompt_logprobs else self.blocks.match_prefix(seq)
         n = self._chunk(seq, cached, budget)
         if n == 0:
             self.blocks.free(seq)

@@ -5,8 +5,9 @@ positions and KV slots, each sequence's chunk with its block table, the images w
 placeholder rows the step covers, and the blocks to zero first. It holds ints, lists and
 the tensors the model family prepared (pixels, M-RoPE positions): it can be pickled to
 another process (tensor-parallel ranks, Ray actors) or kept for replay (CUDA graphs). The
-runner answers with the logits of the chunks that sample, in chunk order; sampling, the
-detokenizer and the stop checks stay with the engine, where the sequences live.
+runner answers with the logits of the chunks that sample, in chunk order, and the logprobs
+of the prompt tokens that chunks ask for; sampling, the detokenizer and the stop checks stay
+with the engine, where the sequences live.
 
 Built by ``make_step_input`` from a ``SchedulerOutput``, pure Python, no torch.
 
@@ -49,6 +50,11 @@ class SeqChunk:
     bidirectional: list[tuple[int, int]] = field(default_factory=list)
     mrope_positions: Any = None  # M-RoPE families: the chunk's [3, n] prompt positions, else None
     rope_delta: int = 0  # M-RoPE: position of a token past the prompt = index + rope_delta
+    # Prompt logprobs: the rows from position ``prompt_from`` on predict these prompt tokens (the
+    # next token of each row); empty when none are asked for.
+    prompt_from: int = 0
+    prompt_targets: list[int] = field(default_factory=list)
+    prompt_top: int = 0  # top alternatives per prompt token
 
     @property
     def end(self) -> int:
@@ -75,6 +81,17 @@ class StepInput:
         return rows
 
     @property
+    def prompt_rows(self) -> list[tuple[int, list[int], int, int]]:
+        """(first packed row, target tokens, top alternatives, request id) of each chunk that
+        wants prompt logprobs."""
+        out, row = [], 0
+        for c in self.chunks:
+            if c.prompt_targets:
+                out.append((row + c.prompt_from - c.start, c.prompt_targets, c.prompt_top, c.request_id))
+            row += c.num_tokens
+        return out
+
+    @property
     def sampling_ids(self) -> list[int]:
         """Request ids of the chunks that sample, in the row order of the logits."""
         return [c.request_id for c in self.chunks if c.samples]
@@ -97,6 +114,13 @@ def make_step_input(sched: SchedulerOutput, block_size: int, fresh_blocks: Optio
             bidirectional=[(it.offset, it.end) for it in seq.mm_items if it.bidirectional and it.offset < end],
             mrope_positions=mrope[:, start:end] if mrope is not None and start < mrope.shape[1] else None,
             rope_delta=seq.rope_delta))
+        if seq.needs_prompt_logprobs:  # the rows of prompt tokens whose successors' logprobs are missing
+            first = max(start, len(seq.prompt_logprobs))
+            last = min(end, seq.num_prompt_tokens - 1)
+            if first < last:
+                c = step.chunks[-1]
+                c.prompt_from, c.prompt_targets = first, seq.token_ids[first + 1:last + 1]
+                c.prompt_top = seq.gen.prompt_logprobs
         for it in seq.mm_items:
             a, b = max(start, it.offset), min(end, it.end)
             if a < b:

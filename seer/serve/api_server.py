@@ -383,6 +383,10 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
     async def completions(req: CompletionRequest, request: Request):
         pipe = guard(request, req.model)
         prompts = req.prompts()
+        score_only = req.max_tokens == 0  # echo + max_tokens 0: the prompt's logprobs, nothing generated
+        if req.stream and (score_only or req.prompt_logprobs() is not None):
+            raise BadRequest("echo with logprobs (or max_tokens=0) is answered whole: send stream=false",
+                             param="stream")
         job = _Job(core, len(prompts) * req.n)
         try:
             choices_in = []
@@ -402,11 +406,17 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
         choices = []
         for i, r in enumerate(results):
             _raise_failed(r)
+            if score_only:  # the one token computed is not part of the answer
+                r.update(text="", ids=[], logprobs=[], output=0, reason="length")
             choice = {"index": i, "text": echo[i] + r["text"], "finish_reason": _finish_reason(r["reason"]),
                       "logprobs": None}
             if req.logprobs is not None:
-                choice["logprobs"] = completion_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.logprobs,
-                                                         len(echo[i]))
+                lp = completion_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.logprobs, len(echo[i]))
+                if r["prompt_lp"] is not None:  # echo: the prompt's tokens lead, the first one without a logprob
+                    head = completion_logprobs(pipe.tokenizer, choices_in[i][0].token_ids, r["prompt_lp"],
+                                               req.logprobs)
+                    lp = {k: head[k] + lp[k] for k in lp}
+                choice["logprobs"] = lp
             choices.append(choice)
         return completion_response(rid, model, choices, _usage(results, req.n))
 
@@ -417,7 +427,7 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
 
 def _new_result() -> dict:
     return {"text": "", "ids": [], "logprobs": [], "reason": None, "error": None, "prompt": 0, "output": 0,
-            "cached": 0}
+            "cached": 0, "prompt_lp": None}
 
 
 def _add(r: dict, out: RequestOutput) -> None:
@@ -425,6 +435,8 @@ def _add(r: dict, out: RequestOutput) -> None:
     r["ids"] += out.new_token_ids
     if out.new_logprobs:
         r["logprobs"] += out.new_logprobs
+    if out.prompt_logprobs is not None:
+        r["prompt_lp"] = out.prompt_logprobs
     r["prompt"], r["output"], r["cached"] = out.num_prompt_tokens, out.num_output_tokens, out.num_cached_tokens
     if out.finished:
         r["reason"], r["error"] = out.finish_reason, out.error

@@ -164,6 +164,10 @@ class _SamplingFields(BaseModel):
                              "which cannot be encoded as UTF-8")
         return value
 
+    def prompt_logprobs(self) -> Optional[int]:
+        """Top alternatives wanted for each prompt token (None: no prompt logprobs)."""
+        return None
+
     def token_bias(self) -> Optional[dict[int, float]]:
         """``logit_bias`` with its keys as token ids (JSON keys are strings)."""
         if not self.logit_bias:
@@ -188,7 +192,7 @@ class _SamplingFields(BaseModel):
                 random_seed=self.seed, stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
                 stop_token_ids=self.stop_token_ids, skip_special_tokens=self.skip_special_tokens,
                 logit_bias=self.token_bias(),
-                logprobs=logprobs)
+                logprobs=logprobs, prompt_logprobs=self.prompt_logprobs())
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
@@ -252,11 +256,20 @@ class CompletionRequest(_SamplingFields):
     logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
                                     description=f"alternatives per token, in [0, {MAX_LOGPROBS}]")
     echo: bool = False
-    max_tokens: Optional[int] = Field(16, ge=1, description="at most this many new tokens (>= 1; OpenAI's "
-                                      "default for completions: 16)")
+    max_tokens: Optional[int] = Field(16, ge=0, description="at most this many new tokens (OpenAI's default for "
+                                      "completions: 16); 0 only with echo, to score the prompt (logprobs)")
 
     def max_new_tokens(self) -> Optional[int]:
+        if self.max_tokens == 0:
+            if not self.echo:
+                raise BadRequest("max_tokens=0 is only accepted with echo=true (the prompt's logprobs, nothing "
+                                 "generated); otherwise an integer >= 1", param="max_tokens")
+            return 1  # one token is computed (the prompt's last logits are needed anyway) and dropped
         return self.max_tokens
+
+    def prompt_logprobs(self) -> Optional[int]:
+        """echo with logprobs scores the prompt too, as OpenAI's legacy API and vLLM do."""
+        return self.logprobs if self.echo and self.logprobs is not None else None
 
     def num_logprobs(self) -> Optional[int]:
         return self.logprobs
@@ -299,16 +312,17 @@ def chat_logprobs(tokenizer, token_ids: list[int], logprobs: list[dict[int, floa
     return {"content": content}
 
 
-def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[dict[int, float]], top: int,
+def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[Optional[dict[int, float]]], top: int,
                         offset: int = 0) -> dict:
-    """The legacy completions ``logprobs``: parallel lists."""
+    """The legacy completions ``logprobs``: parallel lists. An entry of ``logprobs`` may be None (a
+    prompt's first token, which nothing predicts): its logprob and alternatives are null."""
     tokens, token_lps, tops, offsets = [], [], [], []
     for tok, d in zip(token_ids, logprobs):
         text = tokenizer.decode([tok])
         tokens.append(text)
-        token_lps.append(d[tok])
-        best = sorted(d.items(), key=lambda kv: -kv[1])[:top]
-        tops.append({tokenizer.decode([t]): lp for t, lp in best})
+        token_lps.append(None if d is None else d[tok])
+        best = [] if d is None else sorted(d.items(), key=lambda kv: -kv[1])[:top]
+        tops.append(None if d is None else {tokenizer.decode([t]): lp for t, lp in best})
         offsets.append(offset)
         offset += len(text)
     return {"tokens": tokens, "token_logprobs": token_lps, "top_logprobs": tops, "text_offset": offsets}
