@@ -147,6 +147,18 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"  # ranks 1..tp-1 as local processes ("mp") or Ray actors ("ray")
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
+    # LMDeploy's other fields: mapped where they mean something here, accepted with their
+    # do-nothing values where they do not, refused (ValueError) where the feature is missing.
+    device_type: Optional[str] = None  # "cuda" or "cpu": what ``device`` says (when device is None)
+    cache_block_seq_len: Optional[int] = None  # TurboMind's name for block_size
+    eager_mode: bool = False  # no effect: seer runs eagerly (no CUDA graphs yet)
+    thread_safe: bool = False  # no effect: the engine takes requests from any thread
+    model_format: Optional[str] = None  # "hf" (or None); quantised checkpoints (awq, gptq) are not supported
+    quant_policy: int = 0  # 0 only: KV-cache quantisation (4, 8) is not supported
+    rope_scaling_factor: float = 0.0  # 0 only: the checkpoint's own rope_scaling applies
+    dp: int = 1  # 1 only: data parallelism is replicas behind a router, not one engine
+    download_dir: Optional[str] = None  # no effect: seer loads local folders only
+    revision: Optional[str] = None  # no effect: seer loads local folders only
 
     def __post_init__(self):
         _check(self.session_len is None or (isinstance(self.session_len, int) and self.session_len >= 16),
@@ -167,6 +179,22 @@ class EngineConfig:
                self.distributed_executor_backend, "'mp' (local processes) or 'ray' (Ray actors)")
         _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
                self.num_gpu_blocks, "None or an integer >= 1")
+        _check(self.device_type in (None, "cuda", "cpu"), "device_type", self.device_type,
+               "None, 'cuda' or 'cpu' (seer runs on CUDA and on the CPU)")
+        if self.device is None and self.device_type is not None:
+            self.device = self.device_type
+        if self.cache_block_seq_len is not None:
+            _check(_int(self.cache_block_seq_len) and self.cache_block_seq_len >= 1
+                   and self.cache_block_seq_len & (self.cache_block_seq_len - 1) == 0,
+                   "cache_block_seq_len", self.cache_block_seq_len, "a power of two (seer's block_size)")
+            self.block_size = self.cache_block_seq_len
+        _check(self.model_format in (None, "hf"), "model_format", self.model_format,
+               "None or 'hf': quantised checkpoints (awq, gptq, fp8) are not supported")
+        _check(self.quant_policy == 0, "quant_policy", self.quant_policy,
+               "0: KV-cache quantisation (4, 8) is not supported")
+        _check(self.rope_scaling_factor in (0, 0.0, None), "rope_scaling_factor", self.rope_scaling_factor,
+               "0: seer uses the checkpoint's rope_scaling; edit config.json to change it")
+        _check(self.dp == 1, "dp", self.dp, "1: run replicas behind a load balancer for data parallelism")
 
 
 # LMDeploy's two engine configs map to ours; their extra fields are accepted where harmless.

@@ -68,14 +68,24 @@ class SamplingParams:
 
 
 @dataclass
+class Logprob:
+    """vLLM's: one token's log-probability, its 1-based rank in the distribution (None where not
+    computed: prompt tokens) and its text."""
+
+    logprob: float
+    rank: Optional[int] = None
+    decoded_token: Optional[str] = None
+
+
+@dataclass
 class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
     cumulative_logprob: Optional[float]
-    logprobs: Optional[list[dict[int, float]]]
+    logprobs: Optional[list[dict[int, Logprob]]]
     finish_reason: Optional[str]
-    stop_reason: Optional[Union[int, str]] = None
+    stop_reason: Optional[Union[int, str]] = None  # the stop string or stop token that ended it; None: eos
 
 
 @dataclass
@@ -85,7 +95,7 @@ class RequestOutput:
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = True
-    prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None  # with SamplingParams(prompt_logprobs=k)
+    prompt_logprobs: Optional[list[Optional[dict[int, Logprob]]]] = None  # with SamplingParams(prompt_logprobs=k)
 
 
 # vLLM engine arguments that change nothing here (accepted so that vLLM code runs unchanged).
@@ -204,12 +214,27 @@ class LLM:
             lp = r.logprobs
             cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None
             prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
+            tok = self._pipe.tokenizer
+            logprobs = [_logprobs(d, t, rank, tok) for d, t, rank in zip(lp, r.token_ids, r.logprob_ranks)] \
+                if lp else None
+            prompt_lp = [d if d is None else _logprobs(d, t, None, tok)
+                         for d, t in zip(r.prompt_logprobs, x.token_ids)] if r.prompt_logprobs else None
             outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), [CompletionOutput(
-                0, r.text, r.token_ids, cum, lp, r.finish_reason if r.finish_reason != "error" else "abort")],
-                prompt_logprobs=r.prompt_logprobs))
+                0, r.text, r.token_ids, cum, logprobs, r.finish_reason if r.finish_reason != "error" else "abort",
+                r.stop_reason)], prompt_logprobs=prompt_lp))
             if r.error:
                 raise RuntimeError(f"request {self._ids} failed: {r.error}")
         return outs
+
+
+def _logprobs(d: dict[int, float], token: int, rank: Optional[int], tokenizer) -> dict[int, Logprob]:
+    """One position as vLLM gives it: the token (with its rank, when known) and the alternatives,
+    ranked by their order."""
+    out = {token: Logprob(d[token], rank, tokenizer.decode([token]))}
+    for i, (t, v) in enumerate(sorted(d.items(), key=lambda kv: -kv[1]), 1):
+        if t != token:
+            out[t] = Logprob(v, i, tokenizer.decode([t]))
+    return out
 
 
 def _images_of(mm: dict) -> list:
@@ -229,4 +254,4 @@ def _images_of(mm: dict) -> list:
     return out
 
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]

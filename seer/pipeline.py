@@ -53,6 +53,8 @@ class Response:
     # With GenerationConfig(prompt_logprobs=k): per prompt token, None for the first, else
     # {token: logprob, top-k alternatives...}
     prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None
+    logprob_ranks: Optional[list[int]] = None  # with logprobs: each generated token's 1-based rank
+    stop_reason: Optional[Union[int, str]] = None  # the stop string or stop_token_ids token that ended it
 
     def __repr__(self) -> str:
         return (f"Response(text={self.text!r}, generate_token_len={self.generate_token_len}, "
@@ -68,10 +70,13 @@ class Response:
             self.logprobs = (self.logprobs or []) + out.new_logprobs
         if out.prompt_logprobs is not None:
             self.prompt_logprobs = out.prompt_logprobs
+        if out.new_ranks is not None:
+            self.logprob_ranks = (self.logprob_ranks or []) + out.new_ranks
         if out.new_logits is not None:
             self.logits = out.new_logits if self.logits is None else torch.cat([self.logits, out.new_logits])
         if out.finished:
             self.finish_reason = out.finish_reason
+            self.stop_reason = out.stop_reason
             self.error = out.error
             if out.error and not self.text:
                 self.text = out.error

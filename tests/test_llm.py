@@ -5,6 +5,7 @@ import torch
 
 import tiny_models as tm
 from seer import LLM, SamplingParams, pipeline
+from seer.llm import Logprob
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
 MSGS = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe this"}]}]
@@ -72,6 +73,17 @@ def test_chat_and_batches_keep_order_and_match_the_pipeline(llm, tiny_llava):
     assert single[0].outputs[0].token_ids == want[1]
 
 
+def test_stop_reason_names_the_stop_string_or_token(llm):
+    full = llm.generate("a story", SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    word = full.text.split()[1]
+    by_word = llm.generate("a story", SamplingParams(temperature=0, max_tokens=12, stop=["never", word]))
+    assert by_word[0].outputs[0].finish_reason == "stop" and by_word[0].outputs[0].stop_reason == word
+    tok = full.token_ids[3]
+    by_tok = llm.generate("a story", SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[tok]))
+    assert by_tok[0].outputs[0].stop_reason == tok
+    assert full.stop_reason is None and full.finish_reason == "length"
+
+
 def test_sampling_params(llm):
     sp = SamplingParams(temperature=1.5, seed=3, max_tokens=12, ignore_eos=True, logprobs=2)
     a = llm.generate(["a story", "a story"], [sp, sp])
@@ -80,7 +92,12 @@ def test_sampling_params(llm):
     assert b[0].outputs[0].token_ids != a[0].outputs[0].token_ids
     o = a[0].outputs[0]
     assert len(o.logprobs) == 12 and o.cumulative_logprob == pytest.approx(
-        sum(d[t] for d, t in zip(o.logprobs, o.token_ids)))
+        sum(d[t].logprob for d, t in zip(o.logprobs, o.token_ids)))
+    for d, t in zip(o.logprobs, o.token_ids):  # vLLM's Logprob objects: the drawn token and the top 2
+        assert isinstance(d[t], Logprob) and d[t].decoded_token == llm.get_tokenizer().decode([t])
+        higher = sum(x.logprob > d[t].logprob for x in d.values())
+        # within the top 2 shown, the tokens above it are all there; outside, it ranks below both
+        assert d[t].rank == 1 + higher if higher < 2 else d[t].rank >= 3
     default = llm.generate("a story")[0].outputs[0]
     assert len(default.token_ids) <= 16  # vLLM's default max_tokens
 

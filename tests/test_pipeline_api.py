@@ -669,3 +669,18 @@ def test_close_then_a_new_pipeline_works(tiny_llama):
         pipe(["Shanghai is", "Hi"], gen_config=GREEDY)
     with pipeline(tiny_llama) as again:
         same_output(again("Shanghai is", gen_config=GREEDY), first)
+
+
+def test_lmdeploy_engine_fields_port_unchanged(tiny_llama):
+    """LMDeploy's engine-config fields: mapped (device_type, cache_block_seq_len), accepted with no
+    effect (eager_mode, thread_safe, download_dir...), or refused naming what is missing."""
+    cfg = PytorchEngineConfig(device_type="cpu", eager_mode=True, thread_safe=True, cache_block_seq_len=32,
+                              model_format="hf", quant_policy=0, rope_scaling_factor=0.0, download_dir="/nowhere")
+    with pipeline(tiny_llama, backend_config=cfg) as pipe:
+        assert pipe.engine.blocks.block_size == 32 and pipe.family.device.type == "cpu"
+        assert pipe("hello", gen_config=GenerationConfig(max_new_tokens=3, ignore_eos=True)).generate_token_len == 3
+    for bad, words in [(dict(device_type="ascend"), "'cuda' or 'cpu'"), (dict(quant_policy=8), "KV-cache quant"),
+                       (dict(model_format="awq"), "quantised checkpoints"), (dict(dp=2), "replicas"),
+                       (dict(rope_scaling_factor=2.0), "rope_scaling"), (dict(cache_block_seq_len=48), "power of two")]:
+        with pytest.raises(ValueError, match=words):
+            PytorchEngineConfig(**bad)

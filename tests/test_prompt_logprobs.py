@@ -70,7 +70,8 @@ def test_vllm_prompt_logprobs(tiny_llama):
     llm = LLM(tiny_llama)
     try:
         out = llm.generate({"prompt_token_ids": ids}, SamplingParams(max_tokens=1, prompt_logprobs=2))[0]
-        _check(out.prompt_logprobs, ids, want, 2)
+        assert out.prompt_logprobs[1][ids[1]].decoded_token == llm.get_tokenizer().decode([ids[1]])
+        _check([d and {t: x.logprob for t, x in d.items()} for d in out.prompt_logprobs], ids, want, 2)
     finally:
         llm.close()
 

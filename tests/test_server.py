@@ -205,6 +205,21 @@ def test_chat_logprobs_match_the_pipeline(client, pipe):
         assert entry.token == pipe.tokenizer.decode([tok])
 
 
+def test_logprob_bytes_are_the_tokens_own(client, pipe):
+    """A token holding part of a UTF-8 character shows as U+FFFD, and its ``bytes`` are its own:
+    the bytes of the tokens of "日" put together are the character's."""
+    from seer.serve.openai_protocol import token_bytes
+
+    tok = pipe.tokenizer
+    ids = tok("日", add_special_tokens=False)["input_ids"]
+    assert len(ids) > 1 and all(tok.decode([i]) == "\ufffd" for i in ids)
+    assert sum((token_bytes(tok, i, tok.decode([i])) for i in ids), []) == list("日".encode())
+    out = client.chat.completions.create(model="tiny-llava", messages=_user("hi"), max_tokens=2, temperature=0,
+                                         logprobs=True, logit_bias={str(ids[0]): 100})
+    entry = out.choices[0].logprobs.content[0]
+    assert entry.token == "\ufffd" and entry.bytes == list("日".encode())[:1]
+
+
 def test_a_history_with_tool_calls_as_the_sdk_sends_it(client, pipe):
     """developer, an assistant turn with content null and tool_calls, and a tool message: the
     answer equals the pipeline's for the same messages."""

@@ -195,6 +195,8 @@ class Engine:
             if (tok in self.eos_ids and not g.ignore_eos) or tok in (g.stop_token_ids or ()):
                 # As in LMDeploy, the stop token itself is not part of the output.
                 seq.state["hidden"] = 1
+                if tok in (g.stop_token_ids or ()):
+                    seq.state["stop_reason"] = tok
                 text, _ = self._text(seq, "", final=True)
                 self._emit(seq, [], text, None, None, reason="stop")
                 continue
@@ -202,7 +204,8 @@ class Engine:
             text, hit = self._text(seq, self._detok(seq).push(tok), final=done)
             row = logits[i:i + 1].cpu() if g.output_logits else None
             lp = [sampled.logprobs[i]] if g.logprobs is not None else None
-            self._emit(seq, [tok], text, lp, row, reason="stop" if hit else "length" if done else None)
+            self._emit(seq, [tok], text, lp, row, reason="stop" if hit else "length" if done else None,
+                       ranks=[sampled.ranks[i]] if lp else None)
 
     def _detok(self, seq: Sequence) -> IncrementalDetokenizer:
         d = seq.state.get("detok")
@@ -229,6 +232,7 @@ class Engine:
         hits = [h for h in (full.find(w, shown) for w in words) if h >= 0]
         if hits:
             cut = min(hits)
+            st["stop_reason"] = next(w for w in words if full.find(w, shown) == cut)
             st["text"], st["shown"] = full[:cut], cut
             return full[shown:cut], True
         hold = 0 if final or not words else max(len(w) for w in words) - 1
@@ -240,7 +244,7 @@ class Engine:
         self._emit(seq, [], "", None, None, reason=reason, error=seq.error)
 
     def _emit(self, seq: Sequence, toks, text, lp, logits, reason: Optional[str] = None,
-              error: Optional[str] = None) -> None:
+              error: Optional[str] = None, ranks=None) -> None:
         """Deliver one delta; with a ``reason`` the request finishes here and leaves the engine."""
         if reason and not seq.is_finished:
             seq.finish_reason = reason
@@ -261,7 +265,8 @@ class Engine:
             num_output_tokens=seq.num_output_tokens - seq.state.get("hidden", 0),
             finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
             error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens,
-            prompt_logprobs=prompt_lp)
+            prompt_logprobs=prompt_lp, new_ranks=ranks,
+            stop_reason=seq.state.get("stop_reason") if finished else None)
         try:
             seq.sink(out)
         except Exception:  # noqa: BLE001 - a broken consumer must not stop the loop

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import itertools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 from ..config import GenerationConfig
 
@@ -65,11 +65,14 @@ class RequestOutput:
     finish_reason: Optional[str] = None  # "stop", "length", "abort" or "error"
     error: Optional[str] = None
     new_logprobs: Optional[list[dict[int, float]]] = None
+    new_ranks: Optional[list[int]] = None  # with new_logprobs: each new token's 1-based rank
     new_logits: Any = None  # tensor [new tokens, vocab] when output_logits is set
     num_cached_tokens: int = 0
     # With prompt_logprobs, on the first delta: one entry per prompt token, None for the first
     # (nothing precedes it), else {token: logprob, top alternatives...}.
     prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None
+    # On the last delta of a request that a stop string or a stop_token_ids token ended: which.
+    stop_reason: Optional[Union[int, str]] = None
 
 
 Sink = Callable[[RequestOutput], None]

@@ -30,6 +30,7 @@ class SampleResult:
     token_ids: list[int]  # -1 where the row failed
     logprobs: list[Optional[dict[int, float]]]  # per row; None where not asked for
     errors: Optional[list[Optional[str]]] = None  # per row, when some row failed: why
+    ranks: Optional[list[Optional[int]]] = None  # per row with logprobs: the chosen token's 1-based rank
 
 
 def _needs_processing(seq: Sequence, eos_ids: frozenset) -> bool:
@@ -84,14 +85,15 @@ def _draw(row: torch.Tensor, seq: Sequence) -> int:
     return int(torch.multinomial(probs, 1, generator=gen))
 
 
-def _top_logprobs(raw: torch.Tensor, token: int, n: int) -> dict[int, float]:
+def _top_logprobs(raw: torch.Tensor, token: int, n: int) -> tuple[dict[int, float], int]:
+    """``{token: logprob, top-n alternatives...}`` and the token's 1-based rank in the distribution."""
     lp = torch.log_softmax(raw, dim=-1)
     out = {token: float(lp[token])}
     if n:
         vals, ids = lp.topk(n)
         for v, i in zip(vals.tolist(), ids.tolist()):
             out.setdefault(i, v)
-    return out
+    return out, int((lp > lp[token]).sum()) + 1
 
 
 def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> SampleResult:
@@ -99,18 +101,21 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> Sa
     simple = all(s.gen.greedy and s.gen.logprobs is None and not _needs_processing(s, eos_ids) for s in seqs)
     if simple:
         return SampleResult(logits.argmax(dim=-1).tolist(), [None] * len(seqs))
-    tokens, logprobs, errors = [], [], [None] * len(seqs)
+    tokens, logprobs, ranks, errors = [], [], [], [None] * len(seqs)
     for i, seq in enumerate(seqs):
+        lp = rank = None
         try:
-            tok, lp = _sample_row(logits[i], seq, eos_ids)
+            tok = _sample_row(logits[i], seq, eos_ids)
+            if seq.gen.logprobs is not None:
+                lp, rank = _top_logprobs(logits[i], tok, seq.gen.logprobs)
         except Exception as e:  # noqa: BLE001 - this row's request fails, not the batch
-            tok, lp, errors[i] = -1, None, f"sampling failed: {type(e).__name__}: {e}"
+            tok, errors[i] = -1, f"sampling failed: {type(e).__name__}: {e}"
         tokens.append(tok)
         logprobs.append(lp)
-    return SampleResult(tokens, logprobs, errors if any(errors) else None)
+        ranks.append(rank)
+    return SampleResult(tokens, logprobs, errors if any(errors) else None, ranks)
 
 
-def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> tuple[int, Optional[dict[int, float]]]:
+def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> int:
     row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
-    tok = int(row.argmax()) if seq.gen.greedy else _draw(row, seq)
-    return tok, None if seq.gen.logprobs is None else _top_logprobs(raw, tok, seq.gen.logprobs)
+    return int(row.argmax()) if seq.gen.greedy else _draw(row, seq)

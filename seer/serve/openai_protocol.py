@@ -12,6 +12,7 @@ Beyond OpenAI's fields, the extra sampling fields vLLM and LMDeploy accept are t
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -330,7 +331,38 @@ def completion_logprobs(tokenizer, token_ids: list[int], logprobs: list[Optional
 
 def _token_entry(tokenizer, tok: int, lp: float) -> dict:
     text = tokenizer.decode([tok])
-    return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+    return {"token": text, "logprob": lp, "bytes": token_bytes(tokenizer, tok, text)}
+
+
+def token_bytes(tokenizer, tok: int, text: str) -> list[int]:
+    """The token's own bytes, as OpenAI gives them: a token holding part of a UTF-8 character (its
+    text is then U+FFFD) gives that part. Byte-level BPE vocabularies (GPT-2, Llama 3, Qwen) map
+    each byte to a printable character; SentencePiece ones spell lone bytes ``<0xAB>``; other
+    tokens are their text."""
+    piece = tokenizer.convert_ids_to_tokens(tok)
+    if isinstance(piece, str) and "\ufffd" in text:
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            try:
+                return [int(piece[3:5], 16)]
+            except ValueError:
+                pass
+        table = _byte_level_decoder()
+        if all(c in table for c in piece):
+            return [table[c] for c in piece]
+    return list(text.encode("utf-8"))
+
+
+@functools.lru_cache(maxsize=1)
+def _byte_level_decoder() -> dict[str, int]:
+    """The inverse of byte-level BPE's byte -> printable character table (GPT-2's)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(keep), 0
+    for b in range(256):
+        if b not in keep:
+            keep.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(keep, chars)}
 
 
 def chat_response(rid: str, model: str, choices: list[dict], use: dict) -> dict:
