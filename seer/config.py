@@ -21,6 +21,7 @@ GREEDY_TEMPERATURE = 1e-5
 MAX_STOP_WORDS = 64
 MAX_STOP_WORD_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 256
+MAX_N = 128  # samples per prompt
 MAX_LOGIT_BIAS = 300  # token ids one request may bias (OpenAI's bound)
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
@@ -80,7 +81,8 @@ class GenerationConfig:
     prompt_logprobs: Optional[int] = None
 
     def __post_init__(self):
-        _check(self.n == 1, "n", self.n, "only n=1 is supported by the pipeline")
+        _check(_int(self.n) and 1 <= self.n <= MAX_N, "n", self.n,
+               f"an integer in [1, {MAX_N}]: samples per prompt (each a Response, in prompt order)")
         _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,
                "max_new_tokens", self.max_new_tokens, "an integer >= 1")
         _check(isinstance(self.min_new_tokens, int) and 0 <= self.min_new_tokens,

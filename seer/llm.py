@@ -52,12 +52,10 @@ class SamplingParams:
     prompt_logprobs: Optional[int] = None  # RequestOutput.prompt_logprobs: each prompt token's logprob
 
     def to_generation_config(self, default_max: int) -> GenerationConfig:
-        if self.n != 1:
-            raise ValueError(f"n={self.n} is invalid: only n=1 is supported")
         if self.top_k < -1:
             raise ValueError(f"top_k={self.top_k} is invalid: -1 (no cut) or an integer >= 1")
         return GenerationConfig(
-            max_new_tokens=self.max_tokens if self.max_tokens is not None else default_max,
+            n=self.n, max_new_tokens=self.max_tokens if self.max_tokens is not None else default_max,
             min_new_tokens=self.min_tokens, do_sample=self.temperature > 0, temperature=self.temperature,
             top_p=self.top_p, top_k=max(self.top_k, 0), min_p=self.min_p, random_seed=self.seed,
             stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
@@ -208,23 +206,32 @@ class LLM:
                 p = SamplingParams(**{**p.__dict__, "seed": self.seed})
             gens.append(p.to_generation_config(self._pipe.session_len))
         responses = self._pipe.run(inputs, gens, raise_errors=True, use_tqdm=use_tqdm, prepare=lambda x: x)
+        samples: list[list] = [[] for _ in inputs]  # n per prompt, in order
+        for r in responses:
+            samples[r.index].append(r)
+        tok = self._pipe.tokenizer
         outs = []
-        for x, r, p in zip(inputs, responses, raw):
+        for x, rs, p in zip(inputs, samples, raw):
             self._ids += 1
-            lp = r.logprobs
-            cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None
             prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
-            tok = self._pipe.tokenizer
-            logprobs = [_logprobs(d, t, rank, tok) for d, t, rank in zip(lp, r.token_ids, r.logprob_ranks)] \
-                if lp else None
             prompt_lp = [d if d is None else _logprobs(d, t, None, tok)
-                         for d, t in zip(r.prompt_logprobs, x.token_ids)] if r.prompt_logprobs else None
-            outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), [CompletionOutput(
-                0, r.text, r.token_ids, cum, logprobs, r.finish_reason if r.finish_reason != "error" else "abort",
-                r.stop_reason)], prompt_logprobs=prompt_lp))
-            if r.error:
-                raise RuntimeError(f"request {self._ids} failed: {r.error}")
+                         for d, t in zip(rs[0].prompt_logprobs, x.token_ids)] if rs[0].prompt_logprobs else None
+            outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids),
+                                      [_completion(k, r, tok) for k, r in enumerate(rs)], prompt_logprobs=prompt_lp))
+            failed = next((r.error for r in rs if r.error), None)
+            if failed:
+                raise RuntimeError(f"request {self._ids} failed: {failed}")
         return outs
+
+
+def _completion(index: int, r, tokenizer) -> CompletionOutput:
+    """One sample as vLLM shapes it."""
+    lp = r.logprobs
+    cum = sum(d[t] for d, t in zip(lp, r.token_ids)) if lp else None
+    logprobs = [_logprobs(d, t, rank, tokenizer) for d, t, rank in zip(lp, r.token_ids, r.logprob_ranks)] \
+        if lp else None
+    return CompletionOutput(index, r.text, r.token_ids, cum, logprobs,
+                            r.finish_reason if r.finish_reason != "error" else "abort", r.stop_reason)
 
 
 def _logprobs(d: dict[int, float], token: int, rank: Optional[int], tokenizer) -> dict[int, Logprob]:

@@ -127,7 +127,7 @@ class Pipeline:
     def __call__(self, prompts, gen_config: GenConfigs = None, use_tqdm: Optional[bool] = None, **kwargs):
         singles, is_batch = split_batch(prompts)
         responses = self._run(singles, gen_config, is_batch, use_tqdm)
-        return responses if is_batch else responses[0]
+        return responses if is_batch or len(responses) != 1 else responses[0]  # n > 1: the n samples
 
     def batch_infer(self, prompts, gen_config: GenConfigs = None, **kwargs) -> list[Response]:
         singles, _ = split_batch(prompts)
@@ -146,10 +146,13 @@ class Pipeline:
         ``CANCEL_POLL_S``, also while a request still waits for its first token."""
         singles, is_batch = split_batch(prompts)
         gens = self.gen_configs(gen_config, len(singles))
+        if any(g.n > 1 for g in gens):
+            raise ValueError("stream_infer takes n=1 only; for several samples per prompt call the pipeline "
+                             "(pipe(prompts, gen_config=GenerationConfig(n=...)))")
         q: queue.Queue = queue.Queue()
-        ids, errors = self._submit(singles, gens, q, raise_errors=not is_batch)
-        for r in errors:
-            yield r
+        ids, failed, _ = self._submit(singles, gens, q, raise_errors=not is_batch)
+        for place in sorted(failed):
+            yield failed[place]
         pending = {rid for rid in ids if rid is not None}
         index = {rid: i for i, rid in enumerate(ids)}
         try:
@@ -174,6 +177,8 @@ class Pipeline:
     def chat(self, prompt, session: Optional[Session] = None, gen_config: Optional[GenerationConfig] = None,
              stream_response: bool = False, **kwargs) -> Session:
         """One turn of a multi-turn chat; the returned session carries the history."""
+        if gen_config is not None and gen_config.n > 1:
+            raise ValueError("chat continues one conversation: n=1 only; call the pipeline for several samples")
         if session is None:
             session = Session(next(self._session_ids))
         conversation = session.history + to_conversation(prompt)
@@ -263,21 +268,33 @@ class Pipeline:
         return self.family.session_len
 
     def _submit(self, singles, gens, q: queue.Queue, raise_errors: bool, prepare=None):
-        """Prepare and queue every prompt; failures become error responses (or raise)."""
+        """Prepare and queue every prompt; failures become error responses (or raise).
+
+        Returns ``(ids, failed, groups)``: one request id per sample in order (a prompt whose
+        config has ``n`` > 1 takes n consecutive places; None where it failed or is yet to
+        start), the error ``Response`` of each failed place, and the ``_Samples`` of each prompt
+        with n > 1 by its first request id. Its first sample goes now, the others once the first
+        has computed the prompt, so that they find its KV blocks in the prefix cache."""
         prepare = prepare or self.prepare
-        ids, errors = [], []
+        ids, failed, groups = [], {}, {}
         for i, (prompt, gen) in enumerate(zip(singles, gens)):
+            place = len(ids)
+            ids.extend([None] * gen.n)
             try:
                 inputs = prepare(prompt)
-                rid = self.engine.add_request(inputs, gen, lambda out: q.put((out.request_id, out)))
+                group = _Samples(self.engine, q, inputs, gen, place) if gen.n > 1 else None
+                sink = group.on_first if group else (lambda out: q.put((out.request_id, out)))
+                rid = self.engine.add_request(inputs, _sample(gen, 0), sink)
             except ValueError as e:
                 if raise_errors:
                     raise
-                ids.append(None)
-                errors.append(Response(str(e), 0, 0, finish_reason="error", index=i, error=str(e)))
+                failed.update((place + k, Response(str(e), 0, 0, finish_reason="error", index=i, error=str(e)))
+                              for k in range(gen.n))
                 continue
-            ids.append(rid)
-        return ids, errors
+            ids[place] = rid
+            if group:
+                groups[rid] = group
+        return ids, failed, groups
 
     def _run(self, singles, gen_config, is_batch: bool, use_tqdm) -> list[Response]:
         gens = self.gen_configs(gen_config, len(singles))
@@ -288,22 +305,33 @@ class Pipeline:
         """Run prompts to completion, one ``Response`` each in order. ``prepare`` turns a prompt
         into ``PromptInputs`` (default: conversation + chat template)."""
         q: queue.Queue = queue.Queue()
-        ids, errors = self._submit(singles, gens, q, raise_errors, prepare)
-        results: list[Optional[Response]] = [None] * len(singles)
-        for r in errors:
-            results[r.index] = r
+        ids, failed, groups = self._submit(singles, gens, q, raise_errors, prepare)
+        prompt_of = [i for i, g in enumerate(gens) for _ in range(g.n)]
+        results: list[Optional[Response]] = [failed.get(place) for place in range(len(ids))]
         by_id = {}
-        for i, rid in enumerate(ids):
+        for place, rid in enumerate(ids):
             if rid is not None:
-                results[i] = by_id[rid] = Response("", 0, 0, index=i)
-        bar = _progress(len(by_id), use_tqdm)
+                results[place] = by_id[rid] = Response("", 0, 0, index=prompt_of[place])
+        unstarted = sum(g.gen.n - 1 for g in groups.values())  # later samples, announced on q
+        bar = _progress(len(ids), use_tqdm)
         pending = set(by_id)
         try:
-            while pending:
+            while pending or unstarted:
                 rid, out = q.get()
+                if rid == _Samples.STARTED:
+                    rid, place = out
+                    results[place] = by_id[rid] = Response("", 0, 0, index=prompt_of[place])
+                    pending.add(rid)
+                    unstarted -= 1
+                    continue
                 by_id[rid]._add(out)
                 if out.finished:
                     pending.discard(rid)
+                    if rid in groups and not groups[rid].started:  # aborted first: the rest never start
+                        unstarted -= groups[rid].gen.n - 1
+                        for k in range(1, groups[rid].gen.n):
+                            results[groups[rid].place + k] = Response(out.error or "", 0, 0, "abort",
+                                                                      index=by_id[rid].index, error=out.error)
                     if bar is not None:
                         bar.update(1)
         finally:
@@ -312,6 +340,34 @@ class Pipeline:
             if bar is not None:
                 bar.close()
         return results
+
+
+class _Samples:
+    """The samples of one prompt with ``n`` > 1: the first one's sink starts the others on its first
+    output (the prompt's KV then sits in the prefix cache), announcing each on ``q`` as
+    ``(STARTED, (request_id, place))`` before any output of it can arrive."""
+
+    STARTED = "started"
+
+    def __init__(self, engine, q: queue.Queue, inputs: PromptInputs, gen: GenerationConfig, place: int):
+        self.engine, self.q, self.inputs, self.gen, self.place = engine, q, inputs, gen, place
+        self.started = False
+
+    def on_first(self, out: RequestOutput) -> None:  # the engine thread
+        if not self.started and out.finish_reason != "abort":
+            self.started = True
+            for k in range(1, self.gen.n):
+                rid = self.engine.add_request(self.inputs, _sample(self.gen, k),
+                                              lambda o: self.q.put((o.request_id, o)))
+                self.q.put((self.STARTED, (rid, self.place + k)))
+        self.q.put((out.request_id, out))
+
+
+def _sample(gen: GenerationConfig, k: int) -> GenerationConfig:
+    """Sample ``k`` of a config with ``n`` samples: one request, its seed moved by ``k``."""
+    if gen.n == 1:
+        return gen
+    return gen.replace(n=1, random_seed=None if gen.random_seed is None else gen.random_seed + k)
 
 
 def _progress(total: int, use_tqdm: Optional[bool]):

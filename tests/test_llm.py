@@ -117,8 +117,8 @@ def test_bad_prompts(llm, bad, words):
 
 
 def test_bad_sampling_params(llm):
-    with pytest.raises(ValueError, match="n=2"):
-        llm.generate("x", SamplingParams(n=2))
+    with pytest.raises(ValueError, match="n=0 is invalid"):
+        llm.generate("x", SamplingParams(n=0))
     with pytest.raises(ValueError, match="top_p"):
         llm.generate("x", SamplingParams(top_p=0))
 
