@@ -70,6 +70,8 @@ class GenerationConfig:
     random_seed: Optional[int] = None
     stop_words: Optional[Sequence[str]] = None
     stop_token_ids: Optional[Sequence[int]] = None
+    include_stop_str_in_output: bool = False  # keep the stop string that ended the answer (vLLM's)
+    bad_words_ids: Optional[Sequence[Sequence[int]]] = None  # token sequences never completed (their last token is banned after the rest)
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     logprobs: Optional[int] = None
@@ -118,6 +120,10 @@ class GenerationConfig:
             _int(t) and t >= 0 for t in self.stop_token_ids)),
                "stop_token_ids", _short(self.stop_token_ids),
                f"at most {MAX_STOP_TOKEN_IDS} token ids (integers >= 0)")
+        _check(self.bad_words_ids is None or (len(self.bad_words_ids) <= MAX_STOP_WORDS and all(
+            isinstance(w, (list, tuple)) and 0 < len(w) <= 64 and all(_int(t) and t >= 0 for t in w)
+            for w in self.bad_words_ids)), "bad_words_ids", _short(self.bad_words_ids),
+               f"at most {MAX_STOP_WORDS} non-empty lists of at most 64 token ids")
         _check(self.logit_bias is None or (isinstance(self.logit_bias, dict) and len(self.logit_bias) <= MAX_LOGIT_BIAS
                                            and all(_int(t) and t >= 0 and _real(b) and -100 <= b <= 100
                                                    for t, b in self.logit_bias.items())),

@@ -50,8 +50,12 @@ class SamplingParams:
     skip_special_tokens: bool = True
     logit_bias: Optional[dict[int, float]] = None
     prompt_logprobs: Optional[int] = None  # RequestOutput.prompt_logprobs: each prompt token's logprob
+    include_stop_str_in_output: bool = False
+    bad_words: Optional[list[str]] = None  # words never generated (each as the model tokenizes it, with and without a leading space)
+    truncate_prompt_tokens: Optional[int] = None  # keep the last k prompt tokens (text-only prompts)
+    detokenize: bool = True  # False: outputs carry token ids and no text
 
-    def to_generation_config(self, default_max: int) -> GenerationConfig:
+    def to_generation_config(self, default_max: int, tokenizer=None) -> GenerationConfig:
         if self.top_k < -1:
             raise ValueError(f"top_k={self.top_k} is invalid: -1 (no cut) or an integer >= 1")
         return GenerationConfig(
@@ -62,7 +66,9 @@ class SamplingParams:
             stop_token_ids=self.stop_token_ids, ignore_eos=self.ignore_eos, logprobs=self.logprobs,
             repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens,
-            logit_bias=self.logit_bias, prompt_logprobs=self.prompt_logprobs)
+            logit_bias=self.logit_bias, prompt_logprobs=self.prompt_logprobs,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            bad_words_ids=_bad_words_ids(self.bad_words, tokenizer) if self.bad_words else None)
 
 
 @dataclass
@@ -200,11 +206,13 @@ class LLM:
         if len(params) != n:
             raise ValueError(f"got {len(params)} sampling_params for {n} prompts; pass one or one per prompt")
         gens = []
-        for p in params:
-            p = p or SamplingParams()
+        params = [p or SamplingParams() for p in params]
+        for i, p in enumerate(params):
             if p.seed is None and self.seed is not None:
                 p = SamplingParams(**{**p.__dict__, "seed": self.seed})
-            gens.append(p.to_generation_config(self._pipe.session_len))
+            gens.append(p.to_generation_config(self._pipe.session_len, self._pipe.tokenizer))
+            if p.truncate_prompt_tokens is not None:
+                inputs[i] = _truncated(inputs[i], p.truncate_prompt_tokens)
         responses = self._pipe.run(inputs, gens, raise_errors=True, use_tqdm=use_tqdm, prepare=lambda x: x)
         samples: list[list] = [[] for _ in inputs]  # n per prompt, in order
         for r in responses:
@@ -216,12 +224,38 @@ class LLM:
             prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
             prompt_lp = [d if d is None else _logprobs(d, t, None, tok)
                          for d, t in zip(rs[0].prompt_logprobs, x.token_ids)] if rs[0].prompt_logprobs else None
-            outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids),
-                                      [_completion(k, r, tok) for k, r in enumerate(rs)], prompt_logprobs=prompt_lp))
+            outputs = [_completion(k, r, tok) for k, r in enumerate(rs)]
+            if not params[len(outs)].detokenize:
+                for o in outputs:
+                    o.text = ""
+            outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), outputs,
+                                      prompt_logprobs=prompt_lp))
             failed = next((r.error for r in rs if r.error), None)
             if failed:
                 raise RuntimeError(f"request {self._ids} failed: {failed}")
         return outs
+
+
+def _bad_words_ids(words: list[str], tokenizer) -> list[list[int]]:
+    """vLLM's bad_words as token sequences: each word as it tokenizes alone and after a space."""
+    if not isinstance(words, (list, tuple)) or not all(isinstance(w, str) and w for w in words):
+        raise ValueError(f"bad_words={words!r} is invalid: a list of non-empty strings")
+    out = []
+    for w in words:
+        for text in (w, " " + w.lstrip()):
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            if ids and ids not in out:
+                out.append(ids)
+    return out
+
+
+def _truncated(inputs: PromptInputs, k: int) -> PromptInputs:
+    """The last ``k`` prompt tokens (vLLM's truncate_prompt_tokens); text-only prompts."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"truncate_prompt_tokens={k!r} is invalid: an integer >= 1")
+    if inputs.mm_items and len(inputs.token_ids) > k:
+        raise ValueError("truncate_prompt_tokens would cut a prompt with images; it applies to text-only prompts")
+    return PromptInputs(inputs.token_ids[-k:], inputs.mm_items, inputs.mrope_positions, inputs.rope_delta)
 
 
 def _completion(index: int, r, tokenizer) -> CompletionOutput:

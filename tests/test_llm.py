@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import tiny_models as tm
-from seer import LLM, SamplingParams, pipeline
+from seer import LLM, GenerationConfig, SamplingParams, pipeline
 from seer.llm import Logprob
 
 GREEDY = SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)
@@ -142,3 +142,31 @@ def test_vllm_engine_arguments_map_onto_the_engine(tiny_llava):
         assert (cfg.max_prefill_token_num, cfg.block_size, cfg.max_batch_size) == (64, 8, 3)
     finally:
         llm.close()
+
+
+def test_vllm_sampling_fields_for_stops_words_and_prompts(llm):
+    base = SamplingParams(temperature=0, max_tokens=10, ignore_eos=True)
+    full = llm.generate("a story", base)[0].outputs[0]
+    word = full.text.split()[1]
+    kept = llm.generate("a story", SamplingParams(temperature=0, max_tokens=10, stop=[word],
+                                                  include_stop_str_in_output=True))[0].outputs[0]
+    assert kept.text.endswith(word) and kept.stop_reason == word and full.text.startswith(kept.text)
+    ids = list(range(5, 30))
+    cut = llm.generate({"prompt_token_ids": ids}, SamplingParams(**{**base.__dict__, "truncate_prompt_tokens": 7}))
+    assert cut[0].prompt_token_ids == ids[-7:]
+    assert cut[0].outputs[0].token_ids == llm.generate({"prompt_token_ids": ids[-7:]}, base)[0].outputs[0].token_ids
+    quiet = llm.generate("a story", SamplingParams(**{**base.__dict__, "detokenize": False}))[0].outputs[0]
+    assert quiet.text == "" and quiet.token_ids == full.token_ids
+    banned = llm.generate("a story", SamplingParams(**{**base.__dict__, "bad_words": [word]}))[0].outputs[0]
+    tok = llm.get_tokenizer()
+    for seq in (tok(word, add_special_tokens=False)["input_ids"], tok(" " + word, add_special_tokens=False)["input_ids"]):
+        assert not any(banned.token_ids[i:i + len(seq)] == seq for i in range(len(banned.token_ids)))
+
+
+def test_bad_words_ids_ban_the_last_token_after_the_rest(llm):
+    pipe = llm._pipe
+    gen = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    t = pipe("a story", gen_config=gen).token_ids
+    assert pipe("a story", gen_config=gen.replace(bad_words_ids=[[t[0]]])).token_ids[0] != t[0]
+    two = pipe("a story", gen_config=gen.replace(bad_words_ids=[[t[0], t[1]]])).token_ids
+    assert two[0] == t[0] and two[1] != t[1]

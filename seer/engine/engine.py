@@ -233,6 +233,8 @@ class Engine:
         if hits:
             cut = min(hits)
             st["stop_reason"] = next(w for w in words if full.find(w, shown) == cut)
+            if g.include_stop_str_in_output:
+                cut += len(st["stop_reason"])
             st["text"], st["shown"] = full[:cut], cut
             return full[shown:cut], True
         hold = 0 if final or not words else max(len(w) for w in words) - 1

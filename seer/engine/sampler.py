@@ -36,6 +36,7 @@ class SampleResult:
 def _needs_processing(seq: Sequence, eos_ids: frozenset) -> bool:
     g = seq.gen
     return (g.repetition_penalty != 1.0 or g.presence_penalty != 0.0 or g.frequency_penalty != 0.0 or g.logit_bias
+            or g.bad_words_ids
             or (g.min_new_tokens > seq.num_output_tokens and bool(eos_ids or g.stop_token_ids)))
 
 
@@ -56,6 +57,12 @@ def _apply_penalties(row: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> to
         out = torch.tensor(seq.output_token_ids, device=row.device)
         counts = torch.zeros_like(row).index_add_(0, out, torch.ones_like(out, dtype=row.dtype))
         row -= g.frequency_penalty * counts + g.presence_penalty * (counts > 0).to(row.dtype)
+    if g.bad_words_ids:  # a bad word's last token, where the output ends with the rest of it
+        out = seq.output_token_ids
+        banned = {w[-1] for w in g.bad_words_ids if w[-1] < row.numel()
+                  and (len(w) == 1 or (len(out) >= len(w) - 1 and list(out[len(out) - len(w) + 1:]) == list(w[:-1])))}
+        if banned:
+            row[torch.tensor(sorted(banned), device=row.device)] = float("-inf")
     if g.min_new_tokens > seq.num_output_tokens:
         banned = set(g.stop_token_ids or ()) | (set() if g.ignore_eos else set(eos_ids))
         banned = {t for t in banned if t < row.numel()}  # ids past the vocabulary are never drawn anyway
