@@ -276,6 +276,21 @@ def _text(text: str) -> list[dict]:
     return [{"type": "text", "text": html.escape(text, quote=False)}]
 
 
+def _api_history(history) -> list[dict]:
+    """The /chat endpoint's ``history`` as the backend's messages: text turns of the user and the
+    assistant (a system turn first, if any); anything else is a ``gradio.Error`` saying so."""
+    import gradio as gr
+
+    out = []
+    for i, turn in enumerate(history or []):
+        role = turn.get("role") if isinstance(turn, dict) else None
+        content = turn.get("content") if isinstance(turn, dict) else None
+        if role not in ("system", "user", "assistant") or not isinstance(content, str):
+            raise gr.Error(f"history[{i}] must be {{'role': 'user' | 'assistant' | 'system', 'content': str}}")
+        out.append({"role": role, "content": content if role == "assistant" else [{"type": "text", "text": content}]})
+    return out
+
+
 def _file_path(f) -> Optional[str]:
     if isinstance(f, str):
         return f
@@ -379,6 +394,37 @@ def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         yield gr.skip(), chat, history
         yield gr.MultimodalTextbox(value=None, interactive=True), gr.skip(), gr.skip()
 
+    def chat(message: str, images: Optional[list[gr.FileData]] = None, history: Optional[list[dict]] = None,
+             temperature: float = 0.0, top_p: float = 1.0, max_new_tokens: int = max_new_tokens) -> Iterator[str]:
+        """One answer, for gradio_client: ``message`` (text), ``images`` (files: gradio_client's
+        ``handle_file``), ``history`` (earlier turns as ``[{"role": "user" | "assistant", "content":
+        str}]``); yields the answer so far (``Client.predict`` returns the whole, ``submit``
+        streams it). Errors are ``gradio.Error``s naming what was wrong."""
+        turns = _api_history(history)
+        paths = [p for p in (_file_path(f) for f in images or []) if p]
+        if not (message or "").strip() and not paths:
+            raise gr.Error("give a message or an image")
+        try:
+            sampling = Sampling(float(temperature), float(top_p), int(max_new_tokens))
+        except (TypeError, ValueError) as e:
+            raise gr.Error(f"bad sampling value: {e}") from None
+        if not (0 <= sampling.temperature <= 2 and 0 < sampling.top_p <= 1 and 1 <= sampling.max_new_tokens <= limit):
+            raise gr.Error(f"temperature must be in [0, 2], top_p in (0, 1], max_new_tokens in [1, {limit}]")
+        user = {"role": "user", "content": [{"type": "image", "path": p} for p in paths]
+                + [{"type": "text", "text": message or ""}]}
+        cancel, answer = threading.Event(), ""
+        deltas = backend.stream(turns + [user], sampling, cancel)
+        try:
+            for delta in deltas:
+                answer += delta
+                yield answer
+        except BackendError as e:
+            raise gr.Error(str(e)) from None
+        finally:
+            cancel.set()
+            deltas.close()
+        yield answer
+
     def on_stop(request: gr.Request):
         ctl = control(request)
         ctl.stop.set()
@@ -413,11 +459,14 @@ def build_demo(backend: Backend, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
             top_p = gr.Slider(0.01, 1.0, value=1.0, step=0.01, label="top_p", elem_id="seer-top-p")
             max_new = gr.Slider(1, limit, value=max_new_tokens, step=1, label="max new tokens",
                                 elem_id="seer-max-new-tokens")
+        # The page's own events are not the API (they answer with page updates): /chat is.
         box.submit(respond, [box, chatbot, history, temperature, top_p, max_new],
-                                [box, chatbot, history], concurrency_limit=None, show_progress="minimal")
-        stop_btn.click(on_stop, None, None, queue=False)
-        reset_btn.click(on_reset, None, [chatbot, history, box], queue=False)
+                                [box, chatbot, history], concurrency_limit=None, show_progress="minimal",
+                                api_visibility="undocumented")
+        stop_btn.click(on_stop, None, None, queue=False, api_visibility="undocumented")
+        reset_btn.click(on_reset, None, [chatbot, history, box], queue=False, api_visibility="undocumented")
         demo.unload(on_unload)
+        gr.api(chat, api_name="chat", concurrency_limit=None)
     return demo
 
 
