@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-OUTPUT_LOGITS = (None, "generation")
+OUTPUT_LOGITS = (None, "generation", "all")  # "all": the prompt's logits too
 # Below this temperature sampling is greedy (as in vLLM): dividing logits by a subnormal
 # temperature overflows them to inf and the draw to NaN.
 GREEDY_TEMPERATURE = 1e-5

@@ -45,7 +45,9 @@ class Response:
     finish_reason: Optional[str] = None  # "stop", "length", "abort", "error"; None while streaming
     token_ids: list[int] = field(default_factory=list)
     logprobs: Optional[list[dict[int, float]]] = None
-    logits: Optional[torch.Tensor] = None  # [generated tokens, vocab] with output_logits="generation"
+    # [generated tokens, vocab] with output_logits="generation"; with "all", the prompt's positions
+    # lead: [prompt tokens - 1 + generated tokens, vocab] (row i predicts token i + 1)
+    logits: Optional[torch.Tensor] = None
     index: int = 0  # position of the prompt in its batch
     session_id: int = 0
     error: Optional[str] = None
@@ -72,8 +74,9 @@ class Response:
             self.prompt_logprobs = out.prompt_logprobs
         if out.new_ranks is not None:
             self.logprob_ranks = (self.logprob_ranks or []) + out.new_ranks
-        if out.new_logits is not None:
-            self.logits = out.new_logits if self.logits is None else torch.cat([self.logits, out.new_logits])
+        for rows in (out.prompt_logits, out.new_logits):  # output_logits="all": the prompt's rows lead
+            if rows is not None:
+                self.logits = rows if self.logits is None else torch.cat([self.logits, rows])
         if out.finished:
             self.finish_reason = out.finish_reason
             self.stop_reason = out.stop_reason
@@ -237,12 +240,7 @@ class Pipeline:
         mean negative log-likelihood of its tokens after the first, each given those before it
         (the cross-entropy loss; ``exp`` of it is the perplexity). The whole sequence is computed:
         none of it comes from the prefix cache."""
-        batch = [input_ids] if isinstance(input_ids, (list, tuple)) and input_ids and \
-            isinstance(input_ids[0], int) else input_ids
-        if not isinstance(batch, (list, tuple)) or not batch or not all(
-                isinstance(ids, (list, tuple)) and len(ids) >= 2 and all(isinstance(t, int) for t in ids)
-                for ids in batch):
-            raise ValueError("get_ppl takes token ids: a list of at least 2 ints, or a list of such lists")
+        batch = _token_batch(input_ids, "get_ppl", 2)
         gen = GenerationConfig(max_new_tokens=1, prompt_logprobs=0)
         responses = self.run(list(batch), [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
         out = []
@@ -251,6 +249,18 @@ class Pipeline:
                 raise RuntimeError(f"get_ppl failed: {r.error}")
             out.append(-sum(d[t] for d, t in zip(r.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1))
         return out
+
+    def get_logits(self, input_ids) -> list[torch.Tensor]:
+        """LMDeploy's ``get_logits``: for each sequence of token ids (one list, or a list of lists),
+        the logits of every position, ``[len(ids), vocab]`` fp32 on the CPU (row i scores the token
+        after the first i + 1). Computed whole, not from the prefix cache."""
+        batch = _token_batch(input_ids, "get_logits", 1)
+        gen = GenerationConfig(max_new_tokens=1, output_logits="all")
+        responses = self.run(list(batch), [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
+        for r in responses:
+            if r.error:
+                raise RuntimeError(f"get_logits failed: {r.error}")
+        return [r.logits for r in responses]
 
     def prepare_ids(self, ids: list[int], images: Seq = ()) -> PromptInputs:
         """Token ids as they are (vLLM's raw prompts: no chat template), each image placeholder
@@ -340,6 +350,17 @@ class Pipeline:
             if bar is not None:
                 bar.close()
         return results
+
+
+def _token_batch(input_ids, what: str, shortest: int) -> list:
+    """``input_ids`` as a list of token-id lists (one list is a batch of one), each checked."""
+    batch = [input_ids] if isinstance(input_ids, (list, tuple)) and input_ids and \
+        isinstance(input_ids[0], int) else input_ids
+    if not isinstance(batch, (list, tuple)) or not batch or not all(
+            isinstance(ids, (list, tuple)) and len(ids) >= shortest
+            and all(isinstance(t, int) and not isinstance(t, bool) for t in ids) for ids in batch):
+        raise ValueError(f"{what} takes token ids: a list of at least {shortest} ints, or a list of such lists")
+    return list(batch)
 
 
 class _Samples:

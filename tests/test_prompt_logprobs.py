@@ -97,3 +97,22 @@ def test_completions_echo_logprobs_score_the_prompt(tiny_llama):
             assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("cfg", [None, EngineConfig(max_prefill_token_num=5, block_size=4)],
+                         ids=["whole", "5-token-chunks"])
+def test_get_logits_and_output_logits_all_equal_transformers(tiny_llama, cfg):
+    model = tm.load_hf_model(tiny_llama)
+    with torch.no_grad():
+        want = [model(torch.tensor([ids])).logits[0].float() for ids in (IDS, IDS[:9])]
+    with pipeline(tiny_llama, cfg) as pipe:
+        got = pipe.get_logits([IDS, IDS[:9]])
+        for g, w in zip(got, want):
+            assert g.shape == w.shape
+            torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+        r = pipe.run([IDS], [GenerationConfig(max_new_tokens=3, ignore_eos=True, output_logits="all")], True,
+                     prepare=pipe.prepare_ids)[0]
+        assert r.logits.shape == (len(IDS) - 1 + 3, want[0].shape[1])  # the prompt's rows, then each token's
+        torch.testing.assert_close(r.logits[:len(IDS)], want[0], atol=1e-4, rtol=1e-4)
+        with pytest.raises(ValueError, match="get_logits takes token ids"):
+            pipe.get_logits([[]])

@@ -168,8 +168,13 @@ class Engine:
             step = make_step_input(sched, self.blocks.block_size, self.blocks.take_fresh())
             out = self.runner.execute(step)
             logits = out.logits
-            for rid, lps in out.prompt_logprobs.items():
-                self._seqs[rid].prompt_logprobs.extend(lps)
+            for rid, (lps, rows) in out.prompt.items():
+                seq = self._seqs[rid]
+                seq.prompt_rows_done += len(lps) if lps is not None else rows.shape[0]
+                if lps is not None:
+                    seq.prompt_logprobs.extend(lps)
+                if rows is not None:
+                    seq.prompt_logits.append(rows)
             seqs = [self._seqs[rid] for rid in step.sampling_ids]
             sampled = sample(logits, seqs, self.eos_ids)
         except Exception as e:  # noqa: BLE001
@@ -257,17 +262,20 @@ class Engine:
         if seq.sink is None:
             return
         finished = seq.is_finished or error is not None
-        prompt_lp = None
-        if seq.prompt_logprobs is not None and not seq.needs_prompt_logprobs and not seq.state.get("prompt_sent"):
+        prompt_lp = prompt_logits = None
+        if not seq.needs_prompt_rows and not seq.state.get("prompt_sent"):
             seq.state["prompt_sent"] = True  # with the first delta after the prompt is done
-            prompt_lp = [None] + seq.prompt_logprobs
+            if seq.prompt_logprobs is not None:
+                prompt_lp = [None] + seq.prompt_logprobs
+            if seq.prompt_logits:
+                prompt_logits = torch.cat(seq.prompt_logits)
         out = RequestOutput(
             request_id=seq.request_id, new_token_ids=toks, new_text=text,
             num_prompt_tokens=seq.num_prompt_tokens,
             num_output_tokens=seq.num_output_tokens - seq.state.get("hidden", 0),
             finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
             error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens,
-            prompt_logprobs=prompt_lp, new_ranks=ranks,
+            prompt_logprobs=prompt_lp, prompt_logits=prompt_logits, new_ranks=ranks,
             stop_reason=seq.state.get("stop_reason") if finished else None)
         try:
             seq.sink(out)

@@ -71,6 +71,9 @@ class RequestOutput:
     # With prompt_logprobs, on the first delta: one entry per prompt token, None for the first
     # (nothing precedes it), else {token: logprob, top alternatives...}.
     prompt_logprobs: Optional[list[Optional[dict[int, float]]]] = None
+    # With output_logits="all", on the first delta: [prompt tokens - 1, vocab], the logits of each
+    # prompt position but the last (whose logits are the first generated token's, in new_logits).
+    prompt_logits: Any = None
     # On the last delta of a request that a stop string or a stop_token_ids token ended: which.
     stop_reason: Optional[Union[int, str]] = None
 
@@ -107,8 +110,11 @@ class Sequence:
         self.finish_reason: Optional[str] = None
         self.error: Optional[str] = None
         self.num_preemptions = 0
-        # Logprobs of prompt tokens 1.. as computed so far (gen.prompt_logprobs set), else None.
+        # What prompt positions 0.. gave so far (each predicts the next prompt token), when asked:
+        # the logprobs (gen.prompt_logprobs) and the logits (gen.output_logits == "all").
         self.prompt_logprobs: Optional[list[dict[int, float]]] = [] if gen.prompt_logprobs is not None else None
+        self.prompt_logits: Optional[list[Any]] = [] if gen.output_logits == "all" else None
+        self.prompt_rows_done = 0  # prompt positions whose rows were kept
         self.state: dict[str, Any] = {}  # per-request state owned by the output processor
 
     @property
@@ -124,9 +130,10 @@ class Sequence:
         return self.token_ids[self.num_prompt_tokens:]
 
     @property
-    def needs_prompt_logprobs(self) -> bool:
-        """Prompt logprobs asked for and not all computed yet (the prefix cache is then skipped)."""
-        return self.prompt_logprobs is not None and len(self.prompt_logprobs) < self.num_prompt_tokens - 1
+    def needs_prompt_rows(self) -> bool:
+        """Prompt logprobs or logits asked for and not all computed yet (the prefix cache is then skipped)."""
+        return ((self.prompt_logprobs is not None or self.prompt_logits is not None)
+                and self.prompt_rows_done < self.num_prompt_tokens - 1)
 
     @property
     def is_finished(self) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -35,7 +36,8 @@ class StepOutput:
     prompt logprobs the step's chunks asked for, by request id."""
 
     logits: torch.Tensor
-    prompt_logprobs: dict[int, list[dict[int, float]]]
+    # by request id: (logprobs of its prompt rows or None, their logits [rows, vocab] on the CPU or None)
+    prompt: dict[int, tuple[Optional[list[dict[int, float]]], Optional[torch.Tensor]]]
 
 
 @dataclass
@@ -120,18 +122,23 @@ class ModelRunner:
         hidden = self.model(embeds, pos, self.kv_caches, meta)
         rows = torch.tensor(step.sample_rows, dtype=torch.long, device=dev)
         logits = self.model.compute_logits(hidden.index_select(0, rows))
-        prompt = {rid: self._prompt_logprobs(hidden, first, targets, top)
-                  for first, targets, top, rid in step.prompt_rows}
+        prompt = {c.request_id: self._prompt_rows(hidden, first, c) for first, c in step.prompt_rows}
         return StepOutput(logits, prompt)
 
-    def _prompt_logprobs(self, hidden, first: int, targets: list[int], top: int) -> list[dict[int, float]]:
-        """``{target: logprob, top alternatives...}`` for each of ``targets``, predicted by the rows
-        from ``first`` on; the logits are made ``PROMPT_SLICE`` rows at a time, so a long prompt
-        never holds more than that many rows of vocabulary-wide logits."""
-        out = []
+    def _prompt_rows(self, hidden, first: int, chunk: SeqChunk):
+        """For the rows from ``first`` on, predicting ``chunk.prompt_targets``: ``{target: logprob,
+        top alternatives...}`` each (when ``prompt_top`` is set) and their logits (when
+        ``prompt_logits``). The logits are made ``PROMPT_SLICE`` rows at a time, so a long prompt
+        never holds more than that many rows of vocabulary-wide logits unless they are asked for."""
+        targets, top = chunk.prompt_targets, chunk.prompt_top
+        out, kept = ([] if top is not None else None), []
         for a in range(0, len(targets), PROMPT_SLICE):
             logits = self.model.compute_logits(hidden[first + a:first + a + PROMPT_SLICE][:len(targets) - a])
-            if self.rank:  # a worker takes part in gathering the logits; rank 0 makes the logprobs
+            if self.rank:  # a worker takes part in gathering the logits; rank 0 makes the outputs
+                continue
+            if chunk.prompt_logits:
+                kept.append(logits.cpu())
+            if top is None:
                 continue
             lp = torch.log_softmax(logits, dim=-1)
             tgt = torch.tensor(targets[a:a + PROMPT_SLICE], device=lp.device)
@@ -143,7 +150,7 @@ class ModelRunner:
                     for tv, ti in zip(tops.values[i].tolist(), tops.indices[i].tolist()):
                         d.setdefault(ti, tv)
                 out.append(d)
-        return out
+        return out, (torch.cat(kept) if kept else None)
 
     @staticmethod
     def _mrope_positions(chunks: list[SeqChunk]) -> torch.Tensor:

@@ -162,7 +162,7 @@ class Scheduler:
     def _admit(self, seq: Sequence, budget: int, out: SchedulerOutput) -> bool:
         """Attach the cached prefix and allocate the first chunk of a waiting sequence."""
         # A prompt whose logprobs are asked for is computed whole: cached blocks would skip rows.
-        cached = 0 if seq.needs_prompt_logprobs else self.blocks.match_prefix(seq)
+        cached = 0 if seq.needs_prompt_rows else self.blocks.match_prefix(seq)
         n = self._chunk(seq, cached, budget)
         if n == 0:
             self.blocks.free(seq)

@@ -50,11 +50,12 @@ class SeqChunk:
     bidirectional: list[tuple[int, int]] = field(default_factory=list)
     mrope_positions: Any = None  # M-RoPE families: the chunk's [3, n] prompt positions, else None
     rope_delta: int = 0  # M-RoPE: position of a token past the prompt = index + rope_delta
-    # Prompt logprobs: the rows from position ``prompt_from`` on predict these prompt tokens (the
-    # next token of each row); empty when none are asked for.
+    # Prompt logprobs / logits: the rows from position ``prompt_from`` on predict these prompt
+    # tokens (the next token of each row); empty when none are asked for.
     prompt_from: int = 0
     prompt_targets: list[int] = field(default_factory=list)
-    prompt_top: int = 0  # top alternatives per prompt token
+    prompt_top: Optional[int] = None  # top alternatives per prompt token; None: no logprobs
+    prompt_logits: bool = False  # the rows' logits come back too
 
     @property
     def end(self) -> int:
@@ -81,13 +82,12 @@ class StepInput:
         return rows
 
     @property
-    def prompt_rows(self) -> list[tuple[int, list[int], int, int]]:
-        """(first packed row, target tokens, top alternatives, request id) of each chunk that
-        wants prompt logprobs."""
+    def prompt_rows(self) -> list[tuple[int, SeqChunk]]:
+        """(first packed row, chunk) of each chunk that wants prompt logprobs or logits."""
         out, row = [], 0
         for c in self.chunks:
             if c.prompt_targets:
-                out.append((row + c.prompt_from - c.start, c.prompt_targets, c.prompt_top, c.request_id))
+                out.append((row + c.prompt_from - c.start, c))
             row += c.num_tokens
         return out
 
@@ -114,13 +114,13 @@ def make_step_input(sched: SchedulerOutput, block_size: int, fresh_blocks: Optio
             bidirectional=[(it.offset, it.end) for it in seq.mm_items if it.bidirectional and it.offset < end],
             mrope_positions=mrope[:, start:end] if mrope is not None and start < mrope.shape[1] else None,
             rope_delta=seq.rope_delta))
-        if seq.needs_prompt_logprobs:  # the rows of prompt tokens whose successors' logprobs are missing
-            first = max(start, len(seq.prompt_logprobs))
+        if seq.needs_prompt_rows:  # the rows of prompt positions not kept yet
+            first = max(start, seq.prompt_rows_done)
             last = min(end, seq.num_prompt_tokens - 1)
             if first < last:
                 c = step.chunks[-1]
                 c.prompt_from, c.prompt_targets = first, seq.token_ids[first + 1:last + 1]
-                c.prompt_top = seq.gen.prompt_logprobs
+                c.prompt_top, c.prompt_logits = seq.gen.prompt_logprobs, seq.prompt_logits is not None
         for it in seq.mm_items:
             a, b = max(start, it.offset), min(end, it.end)
             if a < b:
