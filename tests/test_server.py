@@ -350,6 +350,10 @@ BAD_INPUTS = [
     ("completion token id out of vocabulary", {"model": "tiny-llava", "prompt": [1, 10**9]}, "/v1/completions",
      400, "vocabulary"),
     ("completion unknown model", {"model": "nope", "prompt": "hi"}, "/v1/completions", 404, "does not exist"),
+    ("a field seer does not implement", {"model": "tiny-llava", "prompt": "hi", "suffix": "!", "best_of": 2},
+     "/v1/completions", 400, "seer does not support this field"),
+    ("tools are not implemented yet", _chat(tools=[{"type": "function", "function": {"name": "f"}}]), None, 400,
+     "tools: seer does not support"),
 ]
 
 
