@@ -334,6 +334,11 @@ class Pipeline:
                     pending.add(rid)
                     unstarted -= 1
                     continue
+                if rid == _Samples.FAILED:
+                    place, why = out
+                    results[place] = Response(why, 0, 0, "error", index=prompt_of[place], error=why)
+                    unstarted -= 1
+                    continue
                 by_id[rid]._add(out)
                 if out.finished:
                     pending.discard(rid)
@@ -368,7 +373,7 @@ class _Samples:
     output (the prompt's KV then sits in the prefix cache), announcing each on ``q`` as
     ``(STARTED, (request_id, place))`` before any output of it can arrive."""
 
-    STARTED = "started"
+    STARTED, FAILED = "started", "failed"
 
     def __init__(self, engine, q: queue.Queue, inputs: PromptInputs, gen: GenerationConfig, place: int):
         self.engine, self.q, self.inputs, self.gen, self.place = engine, q, inputs, gen, place
@@ -378,8 +383,12 @@ class _Samples:
         if not self.started and out.finish_reason != "abort":
             self.started = True
             for k in range(1, self.gen.n):
-                rid = self.engine.add_request(self.inputs, _sample(self.gen, k),
-                                              lambda o: self.q.put((o.request_id, o)))
+                try:
+                    rid = self.engine.add_request(self.inputs, _sample(self.gen, k),
+                                                  lambda o: self.q.put((o.request_id, o)))
+                except Exception as e:  # noqa: BLE001 - the engine stopped: this sample fails, not the caller
+                    self.q.put((self.FAILED, (self.place + k, f"{type(e).__name__}: {e}")))
+                    continue
                 self.q.put((self.STARTED, (rid, self.place + k)))
         self.q.put((out.request_id, out))
 
