@@ -193,7 +193,7 @@ def test_unknown_chat_template_name_lists_the_known_ones(tiny_llama):
     ("max_new_tokens", 0), ("max_new_tokens", 2.5), ("min_new_tokens", -1), ("temperature", -0.1),
     ("top_p", 0.0), ("top_p", 1.5), ("top_k", -1), ("top_k", 2.0), ("min_p", 1.5), ("min_p", -0.1),
     ("repetition_penalty", 0.0), ("presence_penalty", 3.0), ("frequency_penalty", -3.0),
-    ("logprobs", -1), ("logprobs", 1000), ("output_logits", "all"), ("stop_words", [""]),
+    ("logprobs", -1), ("logprobs", 1000), ("output_logits", "prompt"), ("stop_words", [""]),
     ("stop_words", [3]), ("stop_token_ids", ["</s>"]), ("n", 0), ("n", 129),
     # values that once reached the sampler and failed a whole batch
     ("temperature", float("inf")), ("temperature", float("nan")), ("temperature", 1e9),
