@@ -71,7 +71,8 @@ class GenerationConfig:
     stop_words: Optional[Sequence[str]] = None
     stop_token_ids: Optional[Sequence[int]] = None
     include_stop_str_in_output: bool = False  # keep the stop string that ended the answer (vLLM's)
-    bad_words_ids: Optional[Sequence[Sequence[int]]] = None  # token sequences never completed (their last token is banned after the rest)
+    # token sequences never completed: a sequence's last token is banned once the output ends with the rest
+    bad_words_ids: Optional[Sequence[Sequence[int]]] = None
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     logprobs: Optional[int] = None

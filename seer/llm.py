@@ -51,7 +51,8 @@ class SamplingParams:
     logit_bias: Optional[dict[int, float]] = None
     prompt_logprobs: Optional[int] = None  # RequestOutput.prompt_logprobs: each prompt token's logprob
     include_stop_str_in_output: bool = False
-    bad_words: Optional[list[str]] = None  # words never generated (each as the model tokenizes it, with and without a leading space)
+    # words never generated (each as the model tokenizes it, with and without a leading space)
+    bad_words: Optional[list[str]] = None
     truncate_prompt_tokens: Optional[int] = None  # keep the last k prompt tokens (text-only prompts)
     detokenize: bool = True  # False: outputs carry token ids and no text
 
@@ -219,13 +220,13 @@ class LLM:
             samples[r.index].append(r)
         tok = self._pipe.tokenizer
         outs = []
-        for x, rs, p in zip(inputs, samples, raw):
+        for x, rs, p, sp in zip(inputs, samples, raw, params):
             self._ids += 1
             prompt_text = p if isinstance(p, str) else (p.get("prompt") if isinstance(p, dict) else None)
             prompt_lp = [d if d is None else _logprobs(d, t, None, tok)
                          for d, t in zip(rs[0].prompt_logprobs, x.token_ids)] if rs[0].prompt_logprobs else None
             outputs = [_completion(k, r, tok) for k, r in enumerate(rs)]
-            if not params[len(outs)].detokenize:
+            if not sp.detokenize:
                 for o in outputs:
                     o.text = ""
             outs.append(RequestOutput(str(self._ids), prompt_text, list(x.token_ids), outputs,

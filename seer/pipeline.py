@@ -241,26 +241,25 @@ class Pipeline:
         (the cross-entropy loss; ``exp`` of it is the perplexity). The whole sequence is computed:
         none of it comes from the prefix cache."""
         batch = _token_batch(input_ids, "get_ppl", 2)
-        gen = GenerationConfig(max_new_tokens=1, prompt_logprobs=0)
-        responses = self.run(list(batch), [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
-        out = []
-        for ids, r in zip(batch, responses):
-            if r.error:
-                raise RuntimeError(f"get_ppl failed: {r.error}")
-            out.append(-sum(d[t] for d, t in zip(r.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1))
-        return out
+        responses = self._score(batch, GenerationConfig(max_new_tokens=1, prompt_logprobs=0), "get_ppl")
+        return [-sum(d[t] for d, t in zip(r.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1)
+                for ids, r in zip(batch, responses)]
 
     def get_logits(self, input_ids) -> list[torch.Tensor]:
         """LMDeploy's ``get_logits``: for each sequence of token ids (one list, or a list of lists),
         the logits of every position, ``[len(ids), vocab]`` fp32 on the CPU (row i scores the token
         after the first i + 1). Computed whole, not from the prefix cache."""
         batch = _token_batch(input_ids, "get_logits", 1)
-        gen = GenerationConfig(max_new_tokens=1, output_logits="all")
-        responses = self.run(list(batch), [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
-        for r in responses:
-            if r.error:
-                raise RuntimeError(f"get_logits failed: {r.error}")
-        return [r.logits for r in responses]
+        return [r.logits for r in self._score(batch, GenerationConfig(max_new_tokens=1, output_logits="all"),
+                                              "get_logits")]
+
+    def _score(self, batch: list, gen: GenerationConfig, what: str) -> list[Response]:
+        """Token-id sequences run as they are with ``gen``; any failure is a ``RuntimeError``."""
+        responses = self.run(batch, [gen] * len(batch), raise_errors=True, prepare=self.prepare_ids)
+        failed = next((r.error for r in responses if r.error), None)
+        if failed:
+            raise RuntimeError(f"{what} failed: {failed}")
+        return responses
 
     def prepare_ids(self, ids: list[int], images: Seq = ()) -> PromptInputs:
         """Token ids as they are (vLLM's raw prompts: no chat template), each image placeholder

@@ -195,6 +195,7 @@ class Executor:
     rank, and the group is broken for good (``alive`` False, so the engine reports unhealthy)."""
 
     size: int
+    store: Any  # the group's TCPStore, which rank 0 hosts
     broken: Optional[str] = None
 
     def run(self, step, forward):
@@ -223,8 +224,12 @@ class Executor:
     def alive(self) -> bool:
         return self.broken is None and self._alive()
 
+    def group(self, device: torch.device) -> TPGroup:
+        """Rank 0's group on the executor's ``store`` (blocks until every worker has joined);
+        ``device``: the engine config's."""
+        return _group(self.store, 0, self.size, device)
+
     # what an executor provides
-    def group(self, device: torch.device) -> TPGroup: ...
     def start(self, num_blocks: int) -> None: ...
     def _send(self, data: bytes) -> None: ...
     def _answers(self) -> dict[int, Optional[str]]: ...
@@ -263,10 +268,6 @@ class Workers(Executor):
         for c in self.conns:
             c.send(build)
         torch.set_num_threads(threads)
-
-    def group(self, device: torch.device) -> TPGroup:
-        """Rank 0's group (blocks until every worker has joined); ``device``: the engine config's."""
-        return _group(self.store, 0, self.size, device)
 
     def start(self, num_blocks: int) -> None:
         """Tell the workers the pool size and wait until each has its runner."""
@@ -337,9 +338,6 @@ class Workers(Executor):
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
-
-
-BACKENDS = ("mp", "ray")  # vLLM's names for distributed_executor_backend
 
 
 def start_tp(size: int, build: tuple, shape: tuple[int, int, int], backend: str = "mp") -> Executor:

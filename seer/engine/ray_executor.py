@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from .parallel import ACK_TIMEOUT, START_TIMEOUT, Executor, Rank, TPGroup, _group, _store
+from .parallel import ACK_TIMEOUT, START_TIMEOUT, Executor, Rank, _store
 
 
 def _ray():
@@ -46,9 +46,6 @@ class RayWorkers(Executor):
         self.pending: list = []
         self._pids: list[int] = []
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-
-    def group(self, device: torch.device) -> TPGroup:
-        return _group(self.store, 0, self.size, device)
 
     def start(self, num_blocks: int) -> None:
         refs = [a.start.remote(num_blocks) for a in self.actors]

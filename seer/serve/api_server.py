@@ -55,8 +55,8 @@ from .side_routes import add_side_routes
 from .http_edge import (DEFAULT_MAX_BODY, POST_RESPONSES, Gate, declare_errors, describe_validation, first_loc,
                         http_protocol, responses)
 from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_logprobs,
-                              chat_response, completion_logprobs, completion_response, error_body, new_id, sse,
-                              usage)
+                              chat_response, check_in_vocab, completion_logprobs, completion_response, error_body,
+                              new_id, sse, usage)
 
 log = logging.getLogger("seer.serve")
 
@@ -186,10 +186,7 @@ class ServerCore:
         if isinstance(prompt, str):
             ids = self.pipe.tokenizer(check_text(prompt, "prompt"), add_special_tokens=True)["input_ids"]
         elif isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-            vocab = len(self.pipe.tokenizer)
-            bad = [t for t in prompt if not 0 <= t < vocab]
-            if bad:
-                raise BadRequest(f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+            check_in_vocab(prompt, len(self.pipe.tokenizer), "prompt token ids")
             ids = list(prompt)
         else:
             raise BadRequest("prompt must be a string, a list of strings, or a list of token ids", param="prompt")
@@ -208,10 +205,7 @@ class ServerCore:
                              param="max_tokens")
         # Without a cap a request may run to the end of its session (the engine stops it there).
         gen = req.generation_config(want if want is not None else max(room, 1), req.num_logprobs())
-        far = [t for t in gen.logit_bias or () if t >= len(pipe.tokenizer)]
-        if far:
-            raise BadRequest(f"logit_bias token ids {far[:5]} are outside the vocabulary [0, {len(pipe.tokenizer)})",
-                             param="logit_bias")
+        check_in_vocab(gen.logit_bias or (), len(pipe.tokenizer), "logit_bias token ids", "logit_bias")
         gens = pipe.gen_configs(gen, 1) * req.n
         if req.seed is not None:
             gens = [g.replace(random_seed=req.seed + i) for i, g in enumerate(gens)]

@@ -32,6 +32,14 @@ class BadRequest(ValueError):
         self.status, self.param, self.type, self.headers = status, param, type_, headers
 
 
+def check_in_vocab(ids, vocab: int, what: str, param: Optional[str] = None) -> None:
+    """A ``BadRequest`` naming the first few of ``ids`` that are not token ids of a ``vocab``-token
+    vocabulary."""
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise BadRequest(f"{what} {bad[:5]} are outside the vocabulary [0, {vocab})", param=param)
+
+
 def error_body(message: str, type_: str = "invalid_request_error", param: Optional[str] = None,
                code: Optional[Union[int, str]] = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
@@ -82,6 +90,15 @@ class StreamOptions(BaseModel):
     model_config = _STRICT
 
     include_usage: bool = False
+
+
+def _valid_text(value: Any, field: str) -> Any:
+    """``value`` if all its strings are valid text (a field validator's body), else a ``ValueError``."""
+    bad = _bad_text(value, field)
+    if bad:
+        raise ValueError(f"{bad} is not valid text: it holds a lone surrogate (such as \\ud800), "
+                         "which cannot be encoded as UTF-8")
+    return value
 
 
 def _bad_text(value: Any, path: str) -> Optional[str]:
@@ -159,11 +176,7 @@ class _SamplingFields(BaseModel):
     @field_validator("model", "user", "stop", "messages", "prompt", check_fields=False)
     @classmethod
     def _utf8(cls, value, info):
-        bad = _bad_text(value, info.field_name)
-        if bad:
-            raise ValueError(f"{bad} is not valid text: it holds a lone surrogate (such as \\ud800), "
-                             "which cannot be encoded as UTF-8")
-        return value
+        return _valid_text(value, info.field_name)
 
     def prompt_logprobs(self) -> Optional[int]:
         """Top alternatives wanted for each prompt token (None: no prompt logprobs)."""
@@ -407,9 +420,7 @@ class TokenizeRequest(BaseModel):
     @field_validator("model", "prompt", "messages")
     @classmethod
     def _utf8(cls, value, info):
-        if _bad_text(value, info.field_name):
-            raise ValueError(f"{info.field_name} is not valid text: it holds a lone surrogate (such as \\ud800)")
-        return value
+        return _valid_text(value, info.field_name)
 
 
 class DetokenizeRequest(BaseModel):

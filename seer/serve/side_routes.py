@@ -12,7 +12,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from .. import __version__
-from .openai_protocol import BadRequest, DetokenizeRequest, TokenizeRequest
+from .openai_protocol import BadRequest, DetokenizeRequest, TokenizeRequest, check_in_vocab
 
 
 def add_side_routes(app, core, guard, responses) -> None:
@@ -35,10 +35,7 @@ def add_side_routes(app, core, guard, responses) -> None:
     @app.post("/detokenize", responses=responses)
     async def detokenize(req: DetokenizeRequest, request: Request):
         pipe = guard(request, req.model)
-        vocab = len(pipe.tokenizer)
-        bad = [t for t in req.tokens if t >= vocab]
-        if bad:
-            raise BadRequest(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", param="tokens")
+        check_in_vocab(req.tokens, len(pipe.tokenizer), "token ids", "tokens")
         return {"prompt": await core.prepare(lambda: pipe.tokenizer.decode(req.tokens))}
 
     @app.get("/tokenizer_info", responses=responses)
