@@ -26,6 +26,28 @@ MAX_LOGIT_BIAS = 300  # token ids one request may bias (OpenAI's bound)
 SEED_RANGE = (-2**63, 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
+class UnknownFieldError(TypeError, ValueError):
+    """A config built with a field it does not have. A TypeError as a dataclass raises it, and a
+    ValueError like every other bad value, naming the fields that are accepted."""
+
+
+def known_fields(cls):
+    """Class decorator for a config dataclass: an unknown keyword names the accepted fields."""
+    init = cls.__init__
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+
+    def __init__(self, *args, **kwargs):
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise UnknownFieldError(f"{cls.__name__} has no field {', '.join(map(repr, unknown))}; "
+                                    f"its fields are: {', '.join(names)}")
+        init(self, *args, **kwargs)
+
+    __init__.__doc__, __init__.__wrapped__ = init.__doc__, init
+    cls.__init__ = __init__
+    return cls
+
+
 def _check(ok: bool, name: str, value, accepted: str) -> None:
     if not ok:
         raise ValueError(f"{name}={value!r} is invalid: {accepted}")
@@ -47,6 +69,7 @@ def _short(values, limit: int = 5):
     return values
 
 
+@known_fields
 @dataclass
 class GenerationConfig:
     """How to sample one request.
@@ -140,6 +163,7 @@ class GenerationConfig:
         return dataclasses.replace(self, **changes)
 
 
+@known_fields
 @dataclass
 class EngineConfig:
     """How the engine runs: memory, batching, caching and placement."""
@@ -227,6 +251,7 @@ def check_max_tiles(max_dynamic_patch, where: str = "") -> None:
            v, "None or an integer >= 1 (tiles per image)")
 
 
+@known_fields
 @dataclass
 class VisionConfig:
     """How images are encoded."""
@@ -253,6 +278,7 @@ class VisionConfig:
         check_max_tiles(self.max_dynamic_patch, "VisionConfig.")
 
 
+@known_fields
 @dataclass
 class ChatTemplateConfig:
     """Which chat template renders conversations into a prompt.

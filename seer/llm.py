@@ -21,13 +21,14 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .config import EngineConfig, GenerationConfig, VisionConfig
+from .config import EngineConfig, GenerationConfig, VisionConfig, known_fields
 from .engine.request import PromptInputs
 from .messages import check_text, split_batch, to_conversation
 from .pipeline import Pipeline
 from .vl import load_image
 
 
+@known_fields
 @dataclass
 class SamplingParams:
     """vLLM's sampling settings (its defaults: temperature 1.0, 16 new tokens)."""

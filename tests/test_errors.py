@@ -18,7 +18,8 @@ import pytest
 
 import tiny_models as tm
 from http_images import ImageServer, closed_port_url, png_bytes
-from seer import ChatTemplateConfig, EngineConfig, GenerationConfig, Response, VisionConfig, pipeline
+from seer import (ChatTemplateConfig, EngineConfig, GenerationConfig, Response, SamplingParams, VisionConfig,
+                  pipeline)
 from seer.vl.constants import IMAGE_FETCH_TIMEOUT_ENV, IMAGE_TOKEN
 
 SESSION_LEN = 64  # small, so that a few images or a paragraph overflow it
@@ -259,6 +260,14 @@ def test_tensor_parallel_needs_a_positive_integer():
 def test_invalid_vision_config(field, value):
     with pytest.raises(ValueError, match=field):
         VisionConfig(**{field: value})
+
+
+@pytest.mark.parametrize("cls", [GenerationConfig, EngineConfig, VisionConfig, ChatTemplateConfig, SamplingParams])
+def test_an_unknown_config_field_is_a_value_error_listing_the_fields(cls):
+    """A misspelt field names itself and the accepted ones; still a TypeError as a dataclass's is."""
+    with pytest.raises(ValueError, match=r"no field 'max_new_token'; its fields are: .*\b(n|model_name|max_batch_size|session_len)\b") as e:
+        cls(max_new_token=5)
+    assert isinstance(e.value, TypeError)
 
 
 def test_unknown_engine_option_in_a_dict(tiny_llama):
