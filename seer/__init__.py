@@ -6,7 +6,7 @@ _limit_arenas()
 
 from .config import (ChatTemplateConfig, EngineConfig, GenerationConfig, PytorchEngineConfig,
                      TurbomindEngineConfig, VisionConfig)
-from .llm import LLM, SamplingParams
+from .llm import LLM, GuidedDecodingParams, SamplingParams, StructuredOutputsParams
 from .pipeline import Pipeline, Response, Session, pipeline
 
 __version__ = "0.1.0"
@@ -14,5 +14,5 @@ __version__ = "0.1.0"
 __all__ = [
     "pipeline", "Pipeline", "Response", "Session", "GenerationConfig", "EngineConfig",
     "TurbomindEngineConfig", "PytorchEngineConfig", "VisionConfig", "ChatTemplateConfig", "LLM",
-    "SamplingParams", "__version__",
+    "SamplingParams", "StructuredOutputsParams", "GuidedDecodingParams", "__version__",
 ]

@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .engine.grammar import check_response_format
+
 OUTPUT_LOGITS = (None, "generation", "all")  # "all": the prompt's logits too
 # Below this temperature sampling is greedy (as in vLLM): dividing logits by a subnormal
 # temperature overflows them to inf and the draw to NaN.
@@ -105,8 +107,13 @@ class GenerationConfig:
     # alternatives (0: the token's own only); None: not computed. The prompt is then computed
     # whole, not taken from the prefix cache.
     prompt_logprobs: Optional[int] = None
+    # Structured output (LMDeploy's): {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}},
+    # {"type": "json_object"}, {"type": "regex_schema", "regex_schema": "..."}, and for vLLM's guided
+    # decoding {"type": "choice", "choice": [...]} and {"type": "grammar", "grammar": "<Lark or GBNF>"}.
+    response_format: Optional[dict] = None
 
     def __post_init__(self):
+        self.response_format = check_response_format(self.response_format)
         _check(_int(self.n) and 1 <= self.n <= MAX_N, "n", self.n,
                f"an integer in [1, {MAX_N}]: samples per prompt (each a Response, in prompt order)")
         _check(isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1,

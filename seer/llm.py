@@ -30,6 +30,46 @@ from .vl import load_image
 
 @known_fields
 @dataclass
+class StructuredOutputsParams:
+    """vLLM's structured output: set one of ``json`` (a JSON schema, dict or string), ``regex``,
+    ``choice``, ``grammar`` (Lark or GBNF) or ``json_object=True``. The other fields are accepted
+    with no effect (seer's one grammar engine is llguidance, its JSON compact); ``structural_tag``
+    is not supported."""
+
+    json: Optional[Union[str, dict]] = None
+    regex: Optional[str] = None
+    choice: Optional[list[str]] = None
+    grammar: Optional[str] = None
+    json_object: Optional[bool] = None
+    backend: Optional[str] = None
+    disable_fallback: bool = False
+    disable_any_whitespace: bool = False
+    disable_additional_properties: bool = False
+    whitespace_pattern: Optional[str] = None
+    structural_tag: Optional[str] = None
+
+    def response_format(self) -> dict:
+        """The same request as a ``GenerationConfig.response_format``."""
+        if self.structural_tag is not None:
+            raise ValueError("structural_tag is not supported; use json, regex, choice, grammar or json_object")
+        given = [k for k in ("json", "regex", "choice", "grammar") if getattr(self, k) is not None]
+        given += ["json_object"] if self.json_object else []
+        if len(given) != 1:
+            raise ValueError(f"structured outputs take exactly one of json, regex, choice, grammar or "
+                             f"json_object=True; got {given or 'none'}")
+        kind = given[0]
+        if kind == "json":
+            return {"type": "json_schema", "json_schema": {"name": "json", "schema": self.json}}
+        if kind == "regex":
+            return {"type": "regex_schema", "regex_schema": self.regex}
+        return {"type": kind, kind: getattr(self, kind)} if kind != "json_object" else {"type": "json_object"}
+
+
+GuidedDecodingParams = StructuredOutputsParams  # vLLM's older name
+
+
+@known_fields
+@dataclass
 class SamplingParams:
     """vLLM's sampling settings (its defaults: temperature 1.0, 16 new tokens)."""
 
@@ -56,6 +96,8 @@ class SamplingParams:
     bad_words: Optional[list[str]] = None
     truncate_prompt_tokens: Optional[int] = None  # keep the last k prompt tokens (text-only prompts)
     detokenize: bool = True  # False: outputs carry token ids and no text
+    structured_outputs: Optional[StructuredOutputsParams] = None  # the output's shape (JSON schema, regex, ...)
+    guided_decoding: Optional[StructuredOutputsParams] = None  # vLLM's older name for structured_outputs
 
     def to_generation_config(self, default_max: int, tokenizer=None) -> GenerationConfig:
         if self.top_k < -1:
@@ -70,7 +112,18 @@ class SamplingParams:
             frequency_penalty=self.frequency_penalty, skip_special_tokens=self.skip_special_tokens,
             logit_bias=self.logit_bias, prompt_logprobs=self.prompt_logprobs,
             include_stop_str_in_output=self.include_stop_str_in_output,
-            bad_words_ids=_bad_words_ids(self.bad_words, tokenizer) if self.bad_words else None)
+            bad_words_ids=_bad_words_ids(self.bad_words, tokenizer) if self.bad_words else None,
+            response_format=self._response_format())
+
+    def _response_format(self) -> Optional[dict]:
+        if self.structured_outputs is not None and self.guided_decoding is not None:
+            raise ValueError("give structured_outputs or guided_decoding (its older name), not both")
+        spec = self.structured_outputs if self.structured_outputs is not None else self.guided_decoding
+        if spec is None:
+            return None
+        if not isinstance(spec, StructuredOutputsParams):
+            raise ValueError(f"structured_outputs={spec!r} is invalid: a StructuredOutputsParams")
+        return spec.response_format()
 
 
 @dataclass

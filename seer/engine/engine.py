@@ -28,6 +28,7 @@ from .._malloc import trim as trim_heap
 from ..config import EngineConfig, GenerationConfig
 from .client import EngineStats
 from .detokenizer import IncrementalDetokenizer
+from .grammar import GrammarCompiler
 from .kv_cache import BlockManager
 from .request import PromptInputs, RequestOutput, Sequence, Sink
 from .runner import ModelRunner
@@ -51,6 +52,7 @@ class Engine:
         self.eos_ids = frozenset(eos_token_ids)
         self.session_len = session_len
         self.blocks = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        self.grammars = GrammarCompiler(tokenizer, self.eos_ids)
         self.scheduler = Scheduler(self.blocks, cfg.max_batch_size, cfg.max_prefill_token_num)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._seqs: dict[int, Sequence] = {}
@@ -77,6 +79,8 @@ class Engine:
             raise ValueError(f"the prompt has {n} tokens, which does not leave room for output within "
                              f"session_len={self.session_len}; shorten it or raise EngineConfig.session_len")
         seq = Sequence(inputs, gen, self.session_len, sink)
+        if gen.response_format is not None:  # compiled here, in the caller's thread: a ValueError is its own
+            seq.grammar = self.grammars.matcher(gen.response_format)
         self.stats["prompt_tokens"] += n
         self._inbox.put(("add", seq))
         self._wake.set()
@@ -176,7 +180,7 @@ class Engine:
                 if rows is not None:
                     seq.prompt_logits.append(rows)
             seqs = [self._seqs[rid] for rid in step.sampling_ids]
-            sampled = sample(logits, seqs, self.eos_ids)
+            sampled = sample(logits, seqs, self.eos_ids, self.grammars)
         except Exception as e:  # noqa: BLE001
             log.exception("step failed")
             for seq in sched.seqs:
@@ -206,10 +210,17 @@ class Engine:
                 self._emit(seq, [], text, None, None, reason="stop")
                 continue
             done = seq.num_output_tokens >= g.max_new_tokens or seq.num_tokens >= seq.max_total_tokens
-            text, hit = self._text(seq, self._detok(seq).push(tok), final=done)
+            complete = False  # the grammar allows nothing more: the request ends here
+            if seq.grammar is not None:
+                if not seq.grammar.consume_token(tok):
+                    seq.error = f"the output left its response_format's grammar: {seq.grammar.get_error()}"
+                    self._finish(seq, "error")
+                    continue
+                complete = seq.grammar.is_stopped()
+            text, hit = self._text(seq, self._detok(seq).push(tok), final=done or complete)
             row = logits[i:i + 1].cpu() if g.output_logits else None
             lp = [sampled.logprobs[i]] if g.logprobs is not None else None
-            self._emit(seq, [tok], text, lp, row, reason="stop" if hit else "length" if done else None,
+            self._emit(seq, [tok], text, lp, row, reason="stop" if hit or complete else "length" if done else None,
                        ranks=[sampled.ranks[i]] if lp else None)
 
     def _detok(self, seq: Sequence) -> IncrementalDetokenizer:

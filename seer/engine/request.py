@@ -116,6 +116,7 @@ class Sequence:
         self.prompt_logits: Optional[list[Any]] = [] if gen.output_logits == "all" else None
         self.prompt_rows_done = 0  # prompt positions whose rows were kept
         self.state: dict[str, Any] = {}  # per-request state owned by the output processor
+        self.grammar: Any = None  # gen.response_format's matcher (engine/grammar.py), advanced per token
 
     @property
     def num_tokens(self) -> int:

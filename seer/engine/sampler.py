@@ -9,9 +9,10 @@ A row whose settings fail at run time fails alone: its ``errors`` entry says why
 the engine ends that request with an error; the other rows keep their tokens.
 
 Order of processing: ``logit_bias`` added to the raw logits (as OpenAI does), then, as in
-transformers, penalties and the min-new-tokens EOS mask; then greedy argmax, or temperature,
-top-k, top-p and min-p followed by a draw. Reported logprobs are those of the raw model
-distribution.
+transformers, penalties and the min-new-tokens EOS mask; then the tokens a row's grammar does not
+allow (structured output, ``grammar.py``: the masks of all constrained rows are computed in one
+call); then greedy argmax, or temperature, top-k, top-p and min-p followed by a draw. Reported
+logprobs are those of the raw model distribution.
 """
 
 from __future__ import annotations
@@ -103,16 +104,21 @@ def _top_logprobs(raw: torch.Tensor, token: int, n: int) -> tuple[dict[int, floa
     return out, int((lp > lp[token]).sum()) + 1
 
 
-def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> SampleResult:
-    """``logits`` ``[len(seqs), vocab]`` fp32 -> one token per row."""
-    simple = all(s.gen.greedy and s.gen.logprobs is None and not _needs_processing(s, eos_ids) for s in seqs)
+def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset, grammars=None) -> SampleResult:
+    """``logits`` ``[len(seqs), vocab]`` fp32 -> one token per row. ``grammars``: the engine's
+    ``GrammarCompiler``, which computes the masks of the rows whose sequence has a grammar."""
+    simple = all(s.gen.greedy and s.gen.logprobs is None and s.grammar is None and not _needs_processing(s, eos_ids)
+                 for s in seqs)
     if simple:
         return SampleResult(logits.argmax(dim=-1).tolist(), [None] * len(seqs))
     tokens, logprobs, ranks, errors = [], [], [], [None] * len(seqs)
+    constrained = [i for i, s in enumerate(seqs) if s.grammar is not None]
+    allowed = dict(zip(constrained, grammars.allowed_tokens([seqs[i].grammar for i in constrained],
+                                                            logits.shape[1]))) if constrained else {}
     for i, seq in enumerate(seqs):
         lp = rank = None
         try:
-            tok = _sample_row(logits[i], seq, eos_ids)
+            tok = _sample_row(logits[i], seq, eos_ids, allowed.get(i))
             if seq.gen.logprobs is not None:
                 lp, rank = _top_logprobs(logits[i], tok, seq.gen.logprobs)
         except Exception as e:  # noqa: BLE001 - this row's request fails, not the batch
@@ -123,6 +129,11 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset) -> Sa
     return SampleResult(tokens, logprobs, errors if any(errors) else None, ranks)
 
 
-def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset) -> int:
+def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset, allowed: Optional[torch.Tensor]) -> int:
     row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
+    if allowed is not None:
+        row = row.masked_fill(~allowed.to(row.device), float("-inf"))
+        if not bool(torch.isfinite(row).any()):
+            raise ValueError("no token is left that its response_format allows (min_tokens, bad_words or "
+                             "logit_bias removed every one)")
     return int(row.argmax()) if seq.gen.greedy else _draw(row, seq)

@@ -21,6 +21,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..config import GenerationConfig
+from ..engine.grammar import check_response_format
+from ..llm import StructuredOutputsParams
 
 
 class BadRequest(ValueError):
@@ -62,7 +64,10 @@ INT64 = (-2**63, 2**63 - 1)
 # get an answer that quietly lacks them); the fields it accepts with no effect are declared.
 _STRICT = ConfigDict(extra="forbid", strict=True)
 NO_EFFECT_FIELDS = ("user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-                    "safety_identifier")
+                    "safety_identifier", "guided_decoding_backend")
+# The fields that ask for structured output (at most one per request): OpenAI's and vLLM's.
+STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar")
 
 
 def _number(default, description: str, **bounds):
@@ -161,6 +166,18 @@ class _SamplingFields(BaseModel):
     logit_bias: Optional[dict[str, Annotated[float, Field(ge=-100, le=100)]]] = Field(
         None, max_length=MAX_LOGIT_BIAS, description=f"at most {MAX_LOGIT_BIAS} token ids (as strings) mapped to a "
                                                       "bias in [-100, 100] added to their logits before sampling")
+    # Structured output: OpenAI's response_format, vLLM's structured_outputs and guided_* (one of them)
+    response_format: Optional[dict[str, Any]] = Field(
+        None, description='{"type": "text"}, {"type": "json_object"} or {"type": "json_schema", "json_schema": '
+                          '{"name": ..., "schema": {...}, "strict": true}}')
+    structured_outputs: Optional[dict[str, Any]] = Field(
+        None, description="vLLM's: one of json (a schema), regex, choice, grammar (Lark or GBNF), json_object")
+    guided_json: Optional[Union[dict[str, Any], str]] = Field(None, description="a JSON schema the output follows")
+    guided_regex: Optional[str] = Field(None, description="a regular expression the output matches")
+    guided_choice: Optional[Annotated[list[str], Field(min_length=1)]] = Field(
+        None, description="the output is one of these strings")
+    guided_grammar: Optional[str] = Field(None, description="a Lark or GBNF grammar the output follows")
+    guided_decoding_backend: Optional[str] = Field(None, max_length=64)
 
     @field_validator("n", "max_tokens", "seed", "top_k", "min_tokens", "stop_token_ids", "max_completion_tokens",
                      "top_logprobs", "logprobs", "prompt", mode="before", check_fields=False)
@@ -173,7 +190,7 @@ class _SamplingFields(BaseModel):
             return [cls._integral(v) for v in value]
         return value
 
-    @field_validator("model", "user", "stop", "messages", "prompt", check_fields=False)
+    @field_validator("model", "user", "stop", "messages", "prompt", *STRUCTURED_FIELDS, check_fields=False)
     @classmethod
     def _utf8(cls, value, info):
         return _valid_text(value, info.field_name)
@@ -192,6 +209,28 @@ class _SamplingFields(BaseModel):
                              param="logit_bias")
         return {int(k): float(v) for k, v in self.logit_bias.items()}
 
+    def structured_format(self) -> Optional[dict]:
+        """The one structured-output field given, as a ``GenerationConfig.response_format``."""
+        given = [f for f in STRUCTURED_FIELDS if getattr(self, f) is not None]
+        if len(given) > 1:
+            raise BadRequest(f"give at most one of {', '.join(STRUCTURED_FIELDS)}; got {', '.join(given)}",
+                             param=given[1])
+        if not given:
+            return None
+        field, value = given[0], getattr(self, given[0])
+        try:
+            if field == "response_format":
+                if value.get("type") not in ("text", "json_object", "json_schema"):
+                    raise ValueError(f"response_format type {value.get('type')!r} is not supported: "
+                                     "'text', 'json_object' or 'json_schema'")
+                return check_response_format(value)
+            if field == "structured_outputs":
+                return StructuredOutputsParams(**value).response_format()
+            key = field.removeprefix("guided_")
+            return StructuredOutputsParams(**{key: value}).response_format()
+        except (TypeError, ValueError) as e:
+            raise BadRequest(str(e), param=field) from None
+
     def generation_config(self, max_new_tokens: int, logprobs: Optional[int]) -> GenerationConfig:
         """Our sampling settings; ``max_new_tokens`` is the request's cap (or the session's)."""
         temperature = 1.0 if self.temperature is None else self.temperature
@@ -206,7 +245,8 @@ class _SamplingFields(BaseModel):
                 random_seed=self.seed, stop_words=[self.stop] if isinstance(self.stop, str) else self.stop,
                 stop_token_ids=self.stop_token_ids, skip_special_tokens=self.skip_special_tokens,
                 logit_bias=self.token_bias(),
-                logprobs=logprobs, prompt_logprobs=self.prompt_logprobs())
+                logprobs=logprobs, prompt_logprobs=self.prompt_logprobs(),
+                response_format=self.structured_format())
         except ValueError as e:
             raise BadRequest(str(e)) from None
 
