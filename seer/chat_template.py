@@ -1,8 +1,11 @@
 """Chat templates: built-in prompt formats and the model's own (HF jinja) template.
 
 Both kinds expose ``name``, ``stop_words``, ``adds_bos`` and
-``render(conversation, image_placeholder, add_generation_prompt=True) -> str``
-over a ``seer.messages`` Conversation.
+``render(conversation, image_placeholder, add_generation_prompt=True, tools=None) -> str``
+over a ``seer.messages`` Conversation. ``tools`` (OpenAI's function tools) reach the model's own
+template as its ``tools`` variable; a built-in template, or a model template that never reads
+``tools``, gets them described in the system prompt with the format ``tools_prompt`` asks for
+(one JSON object per call and line, what the ``json`` tool-call parser reads).
 
 What must stay true:
 - Built-in templates never emit a BOS token (``adds_bos`` is False); the engine
@@ -90,9 +93,10 @@ class ChatTemplate:
     def _system_block(self, text: Optional[str]) -> str:
         return f"{self.system_prefix}{text}{self.system_suffix}" if text else ""
 
-    def render(self, conversation: list, image_placeholder: str, add_generation_prompt: bool = True) -> str:
+    def render(self, conversation: list, image_placeholder: str, add_generation_prompt: bool = True,
+               tools: Optional[list] = None) -> str:
         text_of = lambda parts: render_parts(parts, image_placeholder, self.image_sep)  # noqa: E731
-        system, turns = _split_system(conversation, self.system, text_of)
+        system, turns = _split_system(with_tools_prompt(conversation, tools), self.system, text_of)
         pending = self._system_block(system) if self.system_in_first_user else ""
         out = [] if self.system_in_first_user else [self._system_block(system)]
         for i, message in enumerate(turns):
@@ -121,6 +125,28 @@ def _split_system(conversation: list, default: Optional[str], render_fn) -> tupl
             raise ValueError(f"message #{i} has role {message['role']!r}: only the first message may be a "
                              "system message; the others must be 'user', 'assistant' or 'tool'")
     return system, turns[lead:]
+
+
+def tools_prompt(tools: list) -> str:
+    """The tools described for a template that has no way of its own: each function's JSON on a
+    line, and the format of a call."""
+    lines = "\n".join(json.dumps(t["function"], ensure_ascii=False) for t in tools)
+    return ("You may call these functions:\n" + lines + "\nTo call one, answer with a JSON object on its own "
+            'line: {"name": <the function\'s name>, "arguments": <its arguments as a JSON object>}; one line '
+            "per call.")
+
+
+def with_tools_prompt(conversation: list, tools: Optional[list]) -> list:
+    """The conversation with ``tools_prompt`` at the end of its system message (one is added first
+    when there is none)."""
+    if not tools:
+        return conversation
+    block = {"type": "text", "text": tools_prompt(tools)}
+    if conversation and conversation[0]["role"] == "system":
+        first = conversation[0]
+        joined = first["content"] + [{"type": "text", "text": "\n\n"}] if first["content"] else []
+        return [{**first, "content": joined + [block]}, *conversation[1:]]
+    return [{"role": "system", "content": [block]}, *conversation]
 
 
 def _with_tool_calls(body: str, message: dict) -> str:
@@ -201,6 +227,7 @@ class HFChatTemplate:
         if not source:
             raise ValueError("HFChatTemplate needs a tokenizer with a chat_template (or a template string)")
         self.handles_images = "image" in source
+        self.reads_tools = "tools" in source
         self.stop_words: list = []
         self.strings_ok = True  # text-only messages go as plain strings
         probe = self._probe()
@@ -224,11 +251,16 @@ class HFChatTemplate:
             return "".join(p["text"] for p in parts)
         return [{"type": "text", "text": p["text"]} if p["type"] == "text" else {"type": "image"} for p in parts]
 
-    def render(self, conversation: list, image_placeholder: str, add_generation_prompt: bool = True) -> str:
+    def render(self, conversation: list, image_placeholder: str, add_generation_prompt: bool = True,
+               tools: Optional[list] = None) -> str:
+        if tools and not self.reads_tools:
+            conversation, tools = with_tools_prompt(conversation, tools), None
         messages = [{"role": m["role"], "content": self._hf_content(m["content"], image_placeholder),
                      **{k: m[k] for k in _TOOL_KEYS if k in m}} for m in conversation]
         continue_final = bool(add_generation_prompt and messages and messages[-1]["role"] == "assistant")
         kwargs = {"chat_template": self.template} if self.template is not None else {}
+        if tools:
+            kwargs["tools"] = tools
         try:
             return self.tokenizer.apply_chat_template(
                 messages, tokenize=False, add_generation_prompt=add_generation_prompt and not continue_final,

@@ -226,14 +226,15 @@ class Pipeline:
             gens = [g.replace(stop_words=list(g.stop_words or []) + extra) for g in gens]
         return gens
 
-    def prepare(self, prompt, policy: Optional[MediaPolicy] = None) -> PromptInputs:
+    def prepare(self, prompt, policy: Optional[MediaPolicy] = None, tools: Optional[list] = None) -> PromptInputs:
         """A prompt (any accepted shape) as the engine takes it: chat template, token ids, image
-        inputs; images and videos load within ``policy`` (default: ``MediaPolicy()``)."""
+        inputs; images and videos load within ``policy`` (default: ``MediaPolicy()``). ``tools``:
+        OpenAI function tools the chat template shows the model."""
         if self._closed:
             raise RuntimeError("this pipeline is closed")
         # Always normalise: to_conversation is idempotent (chat history passes through) and loads
         # every image and string content, whatever the first message looks like.
-        return self.family.encode(to_conversation(prompt, policy))
+        return self.family.encode(to_conversation(prompt, policy), tools)
 
     def get_ppl(self, input_ids) -> list[float]:
         """LMDeploy's ``get_ppl``: for each sequence of token ids (one list, or a list of lists), the

@@ -352,8 +352,8 @@ BAD_INPUTS = [
     ("completion unknown model", {"model": "nope", "prompt": "hi"}, "/v1/completions", 404, "does not exist"),
     ("a field seer does not implement", {"model": "tiny-llava", "prompt": "hi", "suffix": "!", "best_of": 2},
      "/v1/completions", 400, "seer does not support this field"),
-    ("tools are not implemented yet", _chat(tools=[{"type": "function", "function": {"name": "f"}}]), None, 400,
-     "tools: seer does not support"),
+    ("OpenAI's legacy functions field", _chat(functions=[{"name": "f"}]), None, 400,
+     "functions: seer does not support"),
 ]
 
 

@@ -306,20 +306,22 @@ class ModelFamily:
         return list(getattr(self.chat_template, "stop_words", None) or ())
 
     # ---- conversation -> tokens ------------------------------------------------------------
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
         if images and not self.accepts_images:
             raise ValueError(f"this model ({type(self).__name__}) is text-only and does not accept images")
         if not self.accepts_videos and any(p["type"] == "video" for m in conversation for p in m["content"]):
             raise ValueError(f"this model ({type(self).__name__}) does not accept videos")
-        ids = self.prompt_ids(conversation)
+        ids = self.prompt_ids(conversation, tools)
         if not images:
             return PromptInputs(ids)
         return self._expand_images(ids, images)
 
-    def prompt_ids(self, conversation: list[dict]) -> list[int]:
-        """The conversation through the chat template, tokenized; one image token per image."""
-        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True)
+    def prompt_ids(self, conversation: list[dict], tools: Optional[list] = None) -> list[int]:
+        """The conversation (and the tools it may call) through the chat template, tokenized; one
+        image token per image."""
+        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True,
+                                         tools=tools)
         adds_bos = getattr(self.chat_template, "adds_bos", False)
         return self.tokenizer(text, add_special_tokens=not adds_bos)["input_ids"]
 

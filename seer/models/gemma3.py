@@ -23,6 +23,7 @@ What differs from the Llama-style decoder (``llama.py``):
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -287,11 +288,11 @@ class Gemma3Family(ModelFamily):
         pixels = self.image_processor(images=[image], return_tensors="pt")["pixel_values"][0]
         return self.tokens_per_image, pixels
 
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         """Each ``<start_of_image>`` the template writes becomes the processor's full image sequence
         (one image token here, expanded to the image's run by ``_expand_images``)."""
         images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
-        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True)
+        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True, tools=tools)
         image_text = self.tokenizer.convert_ids_to_tokens(self.image_token_id)
         text = text.replace(self.boi, f"\n\n{self.boi}{image_text}{self.eoi}\n\n")
         adds_bos = getattr(self.chat_template, "adds_bos", False)

@@ -275,14 +275,14 @@ class Idefics3Family(ModelFamily):
         _, (rows, cols, tiles) = self.image_inputs(image)
         return rows, cols, tiles, f"{image_hash(image)}:{rows}x{cols}"
 
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         """As the processors do: the chat template's text, each image token replaced by the image's
         prompt text, tokenized whole."""
         parts = [p for m in conversation for p in m["content"]]
         images = [p["image"] for p in parts if p["type"] == "image"]
         if not images or any(p["type"] == "video" for p in parts) or any(isinstance(i, torch.Tensor) for i in images):
-            return super().encode(conversation)  # text only, or refused there
-        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True)
+            return super().encode(conversation, tools)  # text only, or refused there
+        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True, tools=tools)
         pieces = text.split(self.marker["image_token"])
         if len(pieces) - 1 != len(images):
             raise ValueError(f"the prompt has {len(pieces) - 1} image placeholder(s) but {len(images)} image(s) "

@@ -345,11 +345,11 @@ class InternVLFamily(ModelFamily):
         tiles = self.tiles(image, self.max_tiles_for(max_tiles)).to(self.dtype)
         return tiles.shape[0] * self.tokens_per_tile, tiles
 
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         parts = [p for m in conversation for p in m["content"] if p["type"] == "image"]
         if not parts or any(p["type"] == "video" for m in conversation for p in m["content"]):
-            return super().encode(conversation)
-        return self._expand_images(self.prompt_ids(conversation), [p["image"] for p in parts],
+            return super().encode(conversation, tools)
+        return self._expand_images(self.prompt_ids(conversation, tools), [p["image"] for p in parts],
                                    [p.get("max_dynamic_patch") for p in parts])
 
     def _expand_images(self, ids: list[int], images: list, max_tiles: Optional[list] = None) -> PromptInputs:

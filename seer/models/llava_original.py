@@ -153,9 +153,9 @@ class _OriginalMixin:
     def image_placeholder(self) -> str:
         return IMAGE_TEXT + "\n"
 
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
-        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True)
+        text = self.chat_template.render(conversation, self.image_placeholder, add_generation_prompt=True, tools=tools)
         adds_bos = getattr(self.chat_template, "adds_bos", False)
         ids: list[int] = []
         for i, piece in enumerate(text.split(IMAGE_TEXT)):

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
@@ -394,11 +395,11 @@ class Phi3VFamily(ModelFamily):
         pixels, (h, w) = preprocess(image, self.num_crops, self.hf_config.crop_size, self.image_mean, self.image_std)
         return num_image_tokens(h, w, self.hf_config.merged_side), (pixels.to(self.dtype), (h, w))
 
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         images = [p["image"] for m in conversation for p in m["content"] if p["type"] == "image"]
         if any(p["type"] == "video" for m in conversation for p in m["content"]):
             raise ValueError(f"this model ({type(self).__name__}) does not accept videos")
-        text = self.chat_template.render(conversation, _MARK, add_generation_prompt=True)
+        text = self.chat_template.render(conversation, _MARK, add_generation_prompt=True, tools=tools)
         if images and IMAGE_TAG.search(text):  # (without images the processor leaves the text alone)
             raise ValueError("the prompt text contains an <|image_N|> tag; pass images as image parts (or mark "
                              "their places with IMAGE_TOKEN) and seer writes the tags")

@@ -177,14 +177,14 @@ class Qwen2VLFamily(ModelFamily):
         return Qwen2VLForConditionalGeneration(self.hf_config, self.session_len, self.tp)
 
     # ---- conversation -> tokens ------------------------------------------------------------
-    def encode(self, conversation: list[dict]) -> PromptInputs:
+    def encode(self, conversation: list[dict], tools: Optional[list] = None) -> PromptInputs:
         parts = [p for m in conversation for p in m["content"] if p["type"] in ("image", "video")]
         if not parts:
-            return super().encode(conversation)
+            return super().encode(conversation, tools)
         # The chat template writes every visual part as an image (<|vision_start|><|image_pad|>
         # <|vision_end|>); the Qwen templates write a video the same way with <|video_pad|>,
         # which ``_expand`` puts in.
-        return self._expand(self.prompt_ids(conversation), parts)
+        return self._expand(self.prompt_ids(conversation, tools), parts)
 
     def _expand_images(self, ids: list[int], images: list) -> PromptInputs:
         return self._expand(ids, [{"type": "image", "image": img} for img in images])

@@ -52,6 +52,8 @@ from ..vl.constants import DEFAULT_MAX_IMAGE_PIXELS, DEFAULT_MAX_MEDIA_BYTES
 from ..vl.sources import MediaPolicy
 from .metrics import ServerMetrics
 from .side_routes import add_side_routes
+from .tool_calls import ToolPlan, chunk_deltas, parser_name
+from .tool_parsers import PARSERS
 from .http_edge import (DEFAULT_MAX_BODY, POST_RESPONSES, Gate, declare_errors, describe_validation, first_loc,
                         http_protocol, responses)
 from .openai_protocol import (BadRequest, ChatCompletionRequest, CompletionRequest, chat_chunk, chat_logprobs,
@@ -76,7 +78,10 @@ class ServerCore:
                  engine_config: Optional[EngineConfig] = None, vision_config: Optional[VisionConfig] = None,
                  chat_template_config: Optional[ChatTemplateConfig] = None, api_keys=None,
                  limits: Optional[dict] = None, allowed_local_media_path: Optional[str] = None,
-                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+                 max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                 tool_call_parser: Optional[str] = None):
+        if tool_call_parser is not None and tool_call_parser not in PARSERS:
+            raise ValueError(f"--tool-call-parser {tool_call_parser!r} is unknown; known parsers: {sorted(PARSERS)}")
         self.model_path = model_path
         self.model_name = model_name or model_path
         self.engine_config = engine_config or EngineConfig()
@@ -90,6 +95,7 @@ class ServerCore:
         q = self.engine_config.max_queued_requests
         self.max_queued = DEFAULT_MAX_QUEUED if q is None else q
         self.pipe = None
+        self.tool_parser = tool_call_parser  # resolved to the model's default once it is loaded
         self.load_error: Optional[str] = None
         self.active = 0  # HTTP requests accepted and not finished
         self.queued = 0  # sequences of those requests that have produced no token yet (preparing or waiting)
@@ -101,8 +107,9 @@ class ServerCore:
         from ..pipeline import Pipeline
 
         try:
-            self.pipe = Pipeline(self.model_path, self.engine_config, self.vision_config,
-                                 self.chat_template_config)
+            pipe = Pipeline(self.model_path, self.engine_config, self.vision_config, self.chat_template_config)
+            self.tool_parser = parser_name(pipe, self.tool_parser)
+            self.pipe = pipe
             log.warning("seer: serving %s as %r", self.model_path, self.model_name)
         except Exception as e:  # noqa: BLE001 - reported by /health and every request
             self.load_error = f"{type(e).__name__}: {e}"
@@ -179,8 +186,8 @@ class ServerCore:
             self.media_limiter = anyio.CapacityLimiter(MEDIA_WORKERS)
         return self.media_limiter
 
-    def prepare_chat(self, messages: list) -> PromptInputs:
-        return self.pipe.prepare(messages, self.media)
+    def prepare_chat(self, messages: list, tools: Optional[list] = None) -> PromptInputs:
+        return self.pipe.prepare(messages, self.media, tools)
 
     def prepare_completion(self, prompt) -> PromptInputs:
         if isinstance(prompt, str):
@@ -349,25 +356,30 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         pipe = guard(request, req.model)
         req.num_logprobs()  # validate before doing any work
+        tools = ToolPlan.of(req, pipe, core.tool_parser)  # None: the answer is not parsed for calls
         media = core.check_media(req.messages)
         job = _Job(core, req.n)
         try:
-            inputs = await core.prepare(core.prepare_chat, req.messages, remote_media=media > 0)
+            inputs = await core.prepare(core.prepare_chat, req.messages, req.tools, remote_media=media > 0)
             gens = core.generation_configs(req, len(inputs.token_ids))
+            if tools is not None:
+                gens = [tools.generation_config(g) for g in gens]
             job.submit([(inputs, g) for g in gens])
         except BaseException:
             job.close()
             raise
         rid, model = new_id("chatcmpl"), core.model_name
         if req.stream:
-            return StreamingResponse(_closing(job, _chat_stream(job, req, rid, model, pipe.tokenizer)),
+            return StreamingResponse(_closing(job, _chat_stream(job, req, rid, model, pipe.tokenizer, tools)),
                                      media_type="text/event-stream")
         results = await _collect(job, request, req.n)
         choices = []
         for i, r in enumerate(results):
             _raise_failed(r)
-            choice = {"index": i, "message": {"role": "assistant", "content": r["text"]},
-                      "finish_reason": _finish_reason(r["reason"]), "logprobs": None}
+            message, called = (tools.message(r["text"]) if tools else
+                               ({"role": "assistant", "content": r["text"]}, False))
+            reason = "tool_calls" if called and r["reason"] == "stop" else _finish_reason(r["reason"])
+            choice = {"index": i, "message": message, "finish_reason": reason, "logprobs": None}
             if req.logprobs:
                 choice["logprobs"] = chat_logprobs(pipe.tokenizer, r["ids"], r["logprobs"], req.top_logprobs or 0)
             choices.append(choice)
@@ -495,7 +507,8 @@ async def _stream_choices(job: _Job, results: list[dict], n: int, choice_of, chu
             continue
         if not out.new_text and not out.finished and not out.new_token_ids:
             continue
-        yield sse(chunk_of([choice_of(index, out, offset)]))
+        for choice in choice_of(index, out, offset):
+            yield sse(chunk_of([choice]))
     if include_usage:
         yield sse(chunk_of([], _usage(results, n)))
     yield "data: [DONE]\n\n"
@@ -505,18 +518,31 @@ def _finish_of(out: RequestOutput) -> Optional[str]:
     return _finish_reason(out.finish_reason) if out.finished else None
 
 
-async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: str, tokenizer):
+async def _chat_stream(job: _Job, req: ChatCompletionRequest, rid: str, model: str, tokenizer,
+                       tools: Optional[ToolPlan]):
     created = int(time.time())
+    streamers = [tools.parser.streamer() for _ in range(req.n)] if tools else None
 
     def chunk_of(choices, use=None):
         return chat_chunk(rid, model, created, choices, use)
 
     def choice_of(index, out, _offset):
-        choice = {"index": index, "delta": {"content": out.new_text} if out.new_text else {}, "logprobs": None,
-                  "finish_reason": _finish_of(out)}
+        """The chunks of one engine delta: one, or with tools as many as the parser's deltas."""
+        if streamers is None:
+            deltas = [{"content": out.new_text}] if out.new_text else []
+            finish = _finish_of(out)
+        else:
+            s = streamers[index]
+            deltas = chunk_deltas(s.feed(out.new_text) + (s.finish() if out.finished else []))
+            finish = "tool_calls" if out.finished and s.calls and out.finish_reason == "stop" else _finish_of(out)
+        lp = None
         if req.logprobs and out.new_token_ids and out.new_logprobs:
-            choice["logprobs"] = chat_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.top_logprobs or 0)
-        return choice
+            lp = chat_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.top_logprobs or 0)
+        if not deltas and finish is None and lp is None:
+            return []  # the parser holds the text back (a call may be starting)
+        choices = [{"index": index, "delta": d, "logprobs": None, "finish_reason": None} for d in deltas or [{}]]
+        choices[-1]["finish_reason"], choices[0]["logprobs"] = finish, lp
+        return choices
 
     for i in range(req.n):
         yield sse(chunk_of([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
@@ -539,7 +565,7 @@ async def _completion_stream(job: _Job, req: CompletionRequest, rid: str, model:
         if req.logprobs is not None and out.new_token_ids and out.new_logprobs:
             choice["logprobs"] = completion_logprobs(tokenizer, out.new_token_ids, out.new_logprobs, req.logprobs,
                                                      len(echo[index]) + offset)
-        return choice
+        return [choice]
 
     for i, e in enumerate(echo):
         if e:
@@ -591,6 +617,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     help="seconds a request's headers may take to arrive, from the connection's start or the "
                          "request's first byte; then 408 and the connection closes (slowloris) (default "
                          f"{DEFAULT_HEADER_TIMEOUT:g})")
+    ap.add_argument("--tool-call-parser", default=None, choices=sorted(PARSERS),
+                    help="how tool calls are read from answers (default: the one the model's chat template "
+                         "writes; 'json' for templates that get seer's tool description)")
+    ap.add_argument("--enable-auto-tool-choice", action="store_true",
+                    help="accepted for vLLM's command lines: tool_choice 'auto' is always on")
     ap.add_argument("--log-level", default="WARNING")
     add_engine_arguments(ap)
 
@@ -644,7 +675,7 @@ def run(args) -> int:
             name = DEMO_MODEL_NAME
         core = ServerCore(model, name, ecfg, vcfg, tcfg, args.api_keys,
                           _limits(args.limit_mm_per_prompt), args.allowed_local_media_path,
-                          args.max_media_bytes, args.max_image_pixels)
+                          args.max_media_bytes, args.max_image_pixels, args.tool_call_parser)
     except ValueError as e:
         print(f"seer serve: {e}", file=sys.stderr)
         return 2

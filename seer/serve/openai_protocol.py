@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..config import GenerationConfig
 from ..engine.grammar import check_response_format
 from ..llm import StructuredOutputsParams
+from .tool_parsers import MAX_TOOLS
 
 
 class BadRequest(ValueError):
@@ -60,11 +61,11 @@ INT64 = (-2**63, 2**63 - 1)
 
 # Every field strictly typed: "4" is not an integer, "yes" not a boolean, and no number is
 # Infinity or NaN (Python's JSON reader accepts both literals). A field seer does not know is a
-# 400, not silently ignored (a client that asks for best_of, tools or response_format must not
+# 400, not silently ignored (a client that asks for best_of, suffix or logit_bias_type must not
 # get an answer that quietly lacks them); the fields it accepts with no effect are declared.
 _STRICT = ConfigDict(extra="forbid", strict=True)
-NO_EFFECT_FIELDS = ("user", "store", "metadata", "service_tier", "parallel_tool_calls", "prompt_cache_key",
-                    "safety_identifier", "guided_decoding_backend")
+NO_EFFECT_FIELDS = ("user", "store", "metadata", "service_tier", "prompt_cache_key", "safety_identifier",
+                    "guided_decoding_backend")
 # The fields that ask for structured output (at most one per request): OpenAI's and vLLM's.
 STRUCTURED_FIELDS = ("response_format", "structured_outputs", "guided_json", "guided_regex", "guided_choice",
                      "guided_grammar")
@@ -151,7 +152,7 @@ class _SamplingFields(BaseModel):
     store: Optional[bool] = None
     metadata: Optional[dict[str, str]] = Field(None, max_length=16)
     service_tier: Optional[str] = Field(None, max_length=64)
-    parallel_tool_calls: Optional[bool] = None
+    parallel_tool_calls: Optional[bool] = None  # false: a forced tool_choice makes exactly one call
     prompt_cache_key: Optional[str] = Field(None, max_length=1024)
     safety_identifier: Optional[str] = Field(None, max_length=1024)
     # vLLM / LMDeploy extras
@@ -190,7 +191,8 @@ class _SamplingFields(BaseModel):
             return [cls._integral(v) for v in value]
         return value
 
-    @field_validator("model", "user", "stop", "messages", "prompt", *STRUCTURED_FIELDS, check_fields=False)
+    @field_validator("model", "user", "stop", "messages", "prompt", "tools", "tool_choice", *STRUCTURED_FIELDS,
+                     check_fields=False)
     @classmethod
     def _utf8(cls, value, info):
         return _valid_text(value, info.field_name)
@@ -289,6 +291,12 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: Optional[int] = Field(None, ge=0, le=MAX_LOGPROBS,
                                         description=f"alternatives per token, in [0, {MAX_LOGPROBS}]; "
                                                     "needs logprobs=true")
+    tools: Optional[list[dict[str, Any]]] = Field(
+        None, description=f'1 to {MAX_TOOLS} of {{"type": "function", "function": {{"name", "description", '
+                          '"parameters": <JSON schema>}}}}, shown to the model through its chat template')
+    tool_choice: Optional[Union[Literal["none", "auto", "required"], dict[str, Any]]] = Field(
+        None, description='"auto" (default with tools: calls are parsed from the answer), "none", "required" or '
+                          '{"type": "function", "function": {"name": ...}} (both enforced by a grammar)')
 
     def max_new_tokens(self) -> Optional[int]:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens

@@ -176,12 +176,13 @@ class ToolParser:
         ``<tool_call>``), so such markers must be passed here or the grammar cannot emit them."""
         return {m: added_vocab[m] for m in self.tokens if m in added_vocab}
 
-    def grammar(self, tools: list, choice: Any, special_tokens: Optional[Mapping[str, int]] = None) -> str:
+    def grammar(self, tools: list, choice: Any, special_tokens: Optional[Mapping[str, int]] = None,
+                parallel: bool = True) -> str:
         """A Lark grammar (llguidance) that forces calls: ``choice`` is ``"required"`` (one or more
         calls to any of ``tools``) or a function's name (or ``{"type": "function", "function":
         {"name": ...}}``): exactly one call to it. ``special_tokens``: marker text -> token id, for
         the markers that are one token of the model's tokenizer (see ``special_tokens``).
-        ``tools`` must have passed ``check_tools``."""
+        ``tools`` must have passed ``check_tools``. ``parallel=False``: one call, even when required."""
         if isinstance(choice, dict):
             choice = choice.get("function", {}).get("name")
         funcs = [t["function"] for t in tools]
@@ -201,7 +202,7 @@ class ToolParser:
             head = json.dumps(f'{{"name": "{f["name"]}", "{self.args_key}": ')
             rules += [f'call_{k}: {head} args_{k} "}}"', f"args_{k}: %json {json.dumps(schema)}"]
         body = "body: " + " | ".join(f"call_{k}" for k in range(len(funcs)))
-        return "\n".join([self._grammar_top(choice == "required", mark), body] + rules) + "\n"
+        return "\n".join([self._grammar_top(choice == "required" and parallel, mark), body] + rules) + "\n"
 
     def _grammar_top(self, many: bool, mark) -> str:
         return 'start: body ("\\n" body)*' if many else "start: body"
