@@ -199,6 +199,14 @@ class ServerCore:
             raise BadRequest("prompt must be a string, a list of strings, or a list of token ids", param="prompt")
         return PromptInputs(ids)
 
+    async def compile_formats(self, gens: list[GenerationConfig]) -> None:
+        """Compile the requests' structured-output grammars in a worker thread (a hostile schema
+        must not hold the event loop); the engine then finds them in its cache. A ValueError
+        names what does not compile."""
+        formats = {json.dumps(g.response_format, sort_keys=True): g.response_format for g in gens if g.response_format}
+        for rf in formats.values():
+            await anyio.to_thread.run_sync(self.pipe.engine.grammars.matcher, rf)
+
     def generation_configs(self, req, n_prompt_tokens: int) -> list[GenerationConfig]:
         """One config per choice; with a seed, choice i samples with seed + i."""
         pipe = self.pipe
@@ -364,6 +372,7 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
             gens = core.generation_configs(req, len(inputs.token_ids))
             if tools is not None:
                 gens = [tools.generation_config(g) for g in gens]
+            await core.compile_formats(gens)
             job.submit([(inputs, g) for g in gens])
         except BaseException:
             job.close()
@@ -399,6 +408,7 @@ def build_app(core: ServerCore, load_in_background: bool = True, max_body: int =
             for p in prompts:
                 inputs = await core.prepare(core.prepare_completion, p)
                 choices_in += [(inputs, g) for g in core.generation_configs(req, len(inputs.token_ids))]
+            await core.compile_formats([g for _, g in choices_in])
             job.submit(choices_in)
         except BaseException:
             job.close()
