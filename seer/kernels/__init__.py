@@ -45,20 +45,20 @@ def _build() -> Optional[ctypes.CDLL]:
         log.info("no C compiler found: using the torch attention path")
         return None
     src = b"".join(open(p, "rb").read() for p in _SRCS)
-    flags = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"]
-    key = hashlib.sha256(src + " ".join(flags).encode() + os.uname().machine.encode()).hexdigest()[:16]
-    out = os.path.join(_cache_dir(), f"seer_kernels_{key}.so")
-    if not os.path.exists(out):
-        os.makedirs(_cache_dir(), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
-        os.close(fd)
-        res = subprocess.run([cc, *flags, *_SRCS, "-o", tmp, "-lm"], capture_output=True, text=True)
-        if res.returncode != 0:
-            os.unlink(tmp)
-            log.warning("building the native decode kernel failed, using the torch path:\n%s", res.stderr[-2000:])
-            return None
-        os.replace(tmp, out)  # atomic: concurrent builders never see a partial file
-    lib = ctypes.CDLL(out)
+    base = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
+    lib = None
+    # With OpenMP the kernels run on torch's own threads (its libgomp.so.1 is already loaded);
+    # a compiler (or a libgomp) without it gets them single-threaded.
+    for flags in (base + ["-fopenmp"], base):
+        out = _compile(cc, flags, src)
+        try:
+            lib = ctypes.CDLL(out) if out else None
+        except OSError as e:
+            log.warning("loading %s failed: %s", out, e)
+        if lib is not None:
+            break
+    if lib is None:
+        return None
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
@@ -66,6 +66,24 @@ def _build() -> Optional[ctypes.CDLL]:
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
+
+
+def _compile(cc: str, flags: list[str], src: bytes) -> Optional[str]:
+    """The kernels' shared library built with ``flags`` (cached by source and flags), or None."""
+    key = hashlib.sha256(src + " ".join(flags).encode() + os.uname().machine.encode()).hexdigest()[:16]
+    out = os.path.join(_cache_dir(), f"seer_kernels_{key}.so")
+    if os.path.exists(out):
+        return out
+    os.makedirs(_cache_dir(), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=_cache_dir())
+    os.close(fd)
+    res = subprocess.run([cc, *flags, *_SRCS, "-o", tmp, "-lm"], capture_output=True, text=True)
+    if res.returncode != 0:
+        os.unlink(tmp)
+        log.warning("building the native kernels with %s failed:\n%s", " ".join(flags), res.stderr[-2000:])
+        return None
+    os.replace(tmp, out)  # atomic: concurrent builders never see a partial file
+    return out
 
 
 def available() -> bool:

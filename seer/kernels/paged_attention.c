@@ -10,10 +10,9 @@
  *   table  [B, max_blocks]  int64 block ids
  *   lens   [B]              int64 context lengths (>= 1)
  *   out    [B, Hq, D]
- * Work is split over (sequence, slice of kv heads) items across `nthreads` pthreads.
+ * Work is split over (sequence, slice of kv heads) items across `nthreads` OpenMP threads.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -67,7 +66,7 @@ static void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1, float *s
 
 /* Work items: (sequence, slice of kv heads); a sequence is split into `splits` slices so
  * that small batches still keep every thread busy. */
-static void *run(void *arg) {
+static void *run(const void *arg) {
     const job_t *j = (const job_t *)arg;
     int64_t maxlen = 1;
     for (int64_t b = 0; b < j->B; b++) maxlen = j->lens[b] > maxlen ? j->lens[b] : maxlen;
@@ -85,28 +84,20 @@ int seer_paged_decode(const float *q, const float *kc, const float *vc, const in
                       const int64_t *lens, float *out, int64_t B, int64_t Hq, int64_t Hkv, int64_t D,
                       int64_t bs, int64_t max_blocks, float scale, int nthreads) {
     if (nthreads < 1) nthreads = 1;
-    if (nthreads > 64) nthreads = 64;
     int64_t total = 0; /* keys to read, summed over sequences */
     for (int64_t b = 0; b < B; b++) total += lens[b];
-    if (total * Hkv * D < (int64_t)1 << 18) nthreads = 1; /* thread start-up would cost more */
+    if (total * Hkv * D < (int64_t)1 << 18) nthreads = 1; /* not worth waking the other threads */
     int64_t splits = 1;
     while (B * splits < 2 * nthreads && splits < Hkv) splits++;
     const int64_t items = B * splits;
     if (nthreads > items) nthreads = (int)items;
-    job_t jobs[64];
-    pthread_t tids[64];
-    int rc = 0;
+    int failed = 0;
+    /* On torch's OpenMP threads (see small_linear.c); serial where built without OpenMP. */
+#pragma omp parallel for schedule(static) num_threads(nthreads) reduction(| : failed)
     for (int i = 0; i < nthreads; i++) {
-        jobs[i] = (job_t){q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, splits,
-                          items * i / nthreads, items * (i + 1) / nthreads};
+        const job_t job = {q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, splits,
+                           items * i / nthreads, items * (i + 1) / nthreads};
+        failed |= run(&job) != NULL;
     }
-    for (int i = 1; i < nthreads; i++)
-        if (pthread_create(&tids[i], NULL, run, &jobs[i]) != 0) return -1;
-    if (run(&jobs[0]) != NULL) rc = -2;
-    for (int i = 1; i < nthreads; i++) {
-        void *r = NULL;
-        pthread_join(tids[i], &r);
-        if (r != NULL) rc = -2;
-    }
-    return rc;
+    return failed ? -2 : 0;
 }
