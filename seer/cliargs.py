@@ -50,6 +50,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
                    help="max tokens per step; longer prompts are prefilled in chunks")
     g.add_argument("--num-gpu-blocks", type=int, default=None, help="fix the KV pool size in blocks")
     g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
+    g.add_argument("--quantization", default=None, choices=("int8",),
+                   help="weight-only quantisation of the decoder, made at load (int8: a scale per output row)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
                    help="tensor-parallel ranks, one process each (default 1)")
@@ -75,7 +77,7 @@ def engine_configs(args) -> tuple[EngineConfig, VisionConfig, Optional[ChatTempl
                         cache_max_entry_count=args.cache_max_entry_count, block_size=args.block_size,
                         enable_prefix_caching=args.enable_prefix_caching,
                         max_prefill_token_num=args.max_prefill_token_num, num_gpu_blocks=args.num_gpu_blocks,
-                        dtype=args.dtype, device=args.device, tp=args.tp,
+                        dtype=args.dtype, device=args.device, tp=args.tp, quantization=args.quantization,
                         distributed_executor_backend=args.distributed_executor_backend,
                         max_queued_requests=getattr(args, "max_queued_requests", None))
     vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size, vision_tower_path=args.vision_tower_path,

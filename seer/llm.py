@@ -160,7 +160,7 @@ class RequestOutput:
 # vLLM engine arguments that change nothing here (accepted so that vLLM code runs unchanged).
 _NO_EFFECT_ARGS = frozenset({
     "trust_remote_code", "enforce_eager", "tokenizer_mode", "swap_space", "disable_log_stats",
-    "enable_chunked_prefill", "disable_mm_preprocessor_cache", "disable_custom_all_reduce", "quantization",
+    "enable_chunked_prefill", "disable_mm_preprocessor_cache", "disable_custom_all_reduce",
     "max_seq_len_to_capture", "cpu_offload_gb", "revision", "tokenizer_revision", "download_dir",
     "load_format", "seed_everything", "compilation_config"})
 
@@ -169,7 +169,7 @@ class LLM:
     """vLLM's ``LLM``. Engine arguments with a meaning here: ``max_model_len``, ``dtype``,
     ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size``, ``enable_prefix_caching``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``distributed_executor_backend`` ("mp" or "ray"),
-    ``limit_mm_per_prompt``, ``seed``,
+    ``quantization`` (None or "int8": weight-only, made at load), ``limit_mm_per_prompt``, ``seed``,
     ``mm_processor_kwargs`` (``min_pixels`` / ``max_pixels``); the others of ``_NO_EFFECT_ARGS``
     are accepted and ignored; anything else is a ``ValueError``."""
 
@@ -178,13 +178,14 @@ class LLM:
                  enable_prefix_caching: bool = True, gpu_memory_utilization: float = 0.8,
                  tensor_parallel_size: int = 1, max_num_batched_tokens: Optional[int] = None,
                  block_size: Optional[int] = None, mm_processor_kwargs: Optional[dict] = None,
-                 distributed_executor_backend: Optional[str] = None, **kwargs):
+                 distributed_executor_backend: Optional[str] = None, quantization: Optional[str] = None,
+                 **kwargs):
         unknown = sorted(set(kwargs) - _NO_EFFECT_ARGS)
         if unknown:
             raise ValueError(f"LLM() got unsupported argument(s) {unknown}; accepted: max_model_len, dtype, seed, "
                              "max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, "
                              "gpu_memory_utilization, tensor_parallel_size, distributed_executor_backend, "
-                             "limit_mm_per_prompt, "
+                             "quantization, limit_mm_per_prompt, "
                              f"mm_processor_kwargs, and (no effect here) {sorted(_NO_EFFECT_ARGS)}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is invalid: one of 'auto', 'float32', 'bfloat16', 'float16'")
@@ -198,7 +199,8 @@ class LLM:
         if distributed_executor_backend is not None:
             extra["distributed_executor_backend"] = distributed_executor_backend
         cfg = EngineConfig(session_len=max_model_len, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
-                           cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size, **extra)
+                           cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size,
+                           quantization=quantization, **extra)
         mm = dict(mm_processor_kwargs or {})
         bad = sorted(set(mm) - {"min_pixels", "max_pixels"})
         if bad:

@@ -3,7 +3,8 @@
 - ``paged_decode`` answers one query token per sequence straight from the paged KV cache,
   reading every key and value once, in place.
 - ``small_linear`` is the decode-step matmul (a few rows times a weight): it streams the
-  weight once at memory speed, where BLAS repacks it on every call.
+  weight once at memory speed, where BLAS repacks it on every call; ``small_linear_q8`` is
+  the same over int8 weights with a scale per output row (``EngineConfig(quantization="int8")``).
 
 Both are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
 ``~/.cache/seer``) the first time they are needed; where no compiler is found, or
@@ -65,6 +66,9 @@ def _build() -> Optional[ctypes.CDLL]:
     fn = lib.seer_small_linear
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    fn = lib.seer_small_linear_q8
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -124,6 +128,21 @@ def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
                                 out.data_ptr(), M, K, N, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native linear kernel failed (code {rc})")
+    return out
+
+
+def small_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                    bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x @ (scales[:, None] * qweight).T + bias``: ``x`` ``[M, K]`` fp32, ``qweight`` ``[N, K]``
+    int8, ``scales`` ``[N]`` fp32; CPU, contiguous."""
+    M, K = x.shape
+    N = qweight.shape[0]
+    out = torch.empty(M, N, dtype=x.dtype)
+    rc = _lib.seer_small_linear_q8(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
+                                   bias.data_ptr() if bias is not None else None, out.data_ptr(), M, K, N,
+                                   torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError(f"native int8 linear kernel failed (code {rc})")
     return out
 
 

@@ -23,6 +23,7 @@ from ..config import ChatTemplateConfig, EngineConfig, VisionConfig
 from ..engine.request import MMItem, PromptInputs
 from ..engine.parallel import SINGLE, TPGroup
 from ..engine.runner import KVSpec
+from ..layers.quant import quantize
 from ..vl import image_hash
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -274,6 +275,7 @@ class ModelFamily:
         finally:
             _MAPPED.reset(mapped)
         model.finish_init()
+        quantize(model, self.engine_cfg.quantization)
         return model.eval()
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
