@@ -44,14 +44,25 @@ def fp32_tokens(tiny_llama):
 
 
 def test_int8_decoder_weights_and_agreement_with_fp32(tiny_llama, fp32_tokens):
+    """Teacher-forced (every position scored on the same tokens, so one flipped token cannot
+    derail the rest): the next-token argmax agrees with fp32's at >= 90% of positions and the
+    logits move by a few percent. A random tiny model's top two logits are close (median margin
+    ~0.2), which makes this a hard case; free-running greedy tokens are reported too."""
+    ids = [list(range(5 + i, 45 + i)) for i in range(8)]
+    with pipeline(tiny_llama) as pipe:
+        want = pipe.get_logits(ids)
     with pipeline(tiny_llama, EngineConfig(quantization="int8")) as pipe:
-        layers = [m for m in pipe.family.model.modules() if isinstance(m, Int8Linear)]
-        assert layers and not any(type(m) is Linear for m in pipe.family.model.modules())
-        got = [r.token_ids for r in pipe(_prompts(), gen_config=GEN)]
-    same = sum(a == b for g, w in zip(got, fp32_tokens) for a, b in zip(g, w)) / sum(map(len, fp32_tokens))
-    first = sum(g[0] == w[0] for g, w in zip(got, fp32_tokens)) / len(got)
-    print(f"int8 vs fp32 greedy tokens: {same:.2f} of all equal, first token {first:.2f}")
-    assert same >= 0.5 and first >= 0.8, (same, first)
+        model = pipe.family.model
+        assert [m for m in model.modules() if isinstance(m, Int8Linear)]
+        assert not any(type(m) is Linear for m in model.modules()) and model.lm_head.quantized is not None
+        got = pipe.get_logits(ids)
+        tokens = [r.token_ids for r in pipe(_prompts(), gen_config=GEN)]
+    agree = sum(float((g.argmax(-1) == w.argmax(-1)).float().mean()) for g, w in zip(got, want)) / len(ids)
+    rel = max(float((g - w).norm() / w.norm()) for g, w in zip(got, want))
+    same = sum(a == b for g, w in zip(tokens, fp32_tokens) for a, b in zip(g, w)) / sum(map(len, fp32_tokens))
+    print(f"int8 vs fp32: teacher-forced argmax agreement {agree:.3f}, logits' relative error <= {rel:.3f}, "
+          f"free-running greedy tokens equal {same:.2f}")
+    assert agree >= 0.9 and rel <= 0.05, (agree, rel)
 
 
 @pytest.mark.parametrize("cfg", [dict(enable_prefix_caching=False), dict(block_size=4, max_prefill_token_num=7),

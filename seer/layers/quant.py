@@ -1,9 +1,10 @@
 """Weight-only int8 quantisation of the decoder's linear layers, made at load time.
 
 ``EngineConfig(quantization="int8")`` replaces every ``seer.layers.linear.Linear`` (the
-decoder's projections; the vision tower and the LM head stay as they are) by an
-``Int8Linear``: the weight rounded to int8 with one fp32 scale per output row (symmetric,
-``scale = max|row| / 127``), a quarter of fp32's bytes. Activations stay fp32.
+decoder's projections) by an ``Int8Linear``: the weight rounded to int8 with one fp32 scale per
+output row (symmetric, ``scale = max|row| / 127``), a quarter of fp32's bytes; the LM head
+computes its logits from such a copy too (its fp32 weight stays only where the embedding shares
+it). The vision tower and the embedding stay as they are; activations stay fp32.
 
 Up to ``MAX_KERNEL_ROWS`` rows on CPU (decode steps, small prefill chunks) go to the native
 kernel, which streams the int8 weight once and converts it in registers; more rows (prefill)
@@ -20,6 +21,7 @@ from torch import nn
 
 from .. import kernels
 from .linear import Linear
+from .vocab import ParallelLMHead
 
 QUANTIZATIONS = (None, "int8")
 MAX_KERNEL_ROWS = 32  # rows up to which the native int8 kernel beats dequantise + BLAS here
@@ -56,6 +58,11 @@ def quantize(model: nn.Module, mode: str | None) -> int:
     if mode not in QUANTIZATIONS:
         raise ValueError(f"quantization={mode!r} is invalid: one of {QUANTIZATIONS}")
     count = 0
+    for head in [m for m in model.modules() if isinstance(m, ParallelLMHead)]:
+        head.quantized = Int8Linear(head)
+        if sum(p is head.weight for _, p in model.named_parameters(remove_duplicate=False)) == 1:
+            head.weight = nn.Parameter(head.weight.new_empty(0), requires_grad=False)  # not tied: free it
+        count += 1
     parents = [m for m in model.modules() if any(type(c) is Linear for c in m.children())]
     for parent in parents:  # each fp32 weight is freed as soon as its replacement exists
         for name, child in list(parent.named_children()):

@@ -52,6 +52,10 @@ class ParallelLMHead(Linear):
     def __init__(self, hidden: int, vocab: int, tp: TPGroup = SINGLE):
         self.shard = VocabShard(vocab, tp)
         super().__init__(hidden, self.shard.per, bias=False)
+        self.quantized = None  # an Int8Linear of this rank's rows, once quantised (seer.layers.quant)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantized(x) if self.quantized is not None else super().forward(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[rows, vocab]`` float logits on rank 0, every rank's columns gathered there (the
