@@ -50,8 +50,9 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
                    help="max tokens per step; longer prompts are prefilled in chunks")
     g.add_argument("--num-gpu-blocks", type=int, default=None, help="fix the KV pool size in blocks")
     g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
-    g.add_argument("--quantization", default=None, choices=("int8",),
-                   help="weight-only quantisation of the decoder, made at load (int8: a scale per output row)")
+    g.add_argument("--quantization", default=None, choices=("int8", "int4"),
+                   help="weight-only quantisation of the decoder, made at load (int8: a scale per output row; "
+                        "int4: a scale per 32 weights)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
                    help="tensor-parallel ranks, one process each (default 1)")

@@ -187,8 +187,9 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"  # ranks 1..tp-1 as local processes ("mp") or Ray actors ("ray")
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
-    # Weight-only quantisation made at load from the fp32/bf16 checkpoint (seer.layers.quant): "int8"
-    # (one scale per output row) for the decoder's linear layers; None: the checkpoint's dtype.
+    # Weight-only quantisation made at load from the fp32/bf16 checkpoint (seer.layers.quant) for the
+    # decoder's linear layers and the LM head: "int8" (a scale per output row), "int4" (a scale per 32
+    # weights); None: the checkpoint's dtype.
     quantization: Optional[str] = None
     # LMDeploy's other fields: mapped where they mean something here, accepted with their
     # do-nothing values where they do not, refused (ValueError) where the feature is missing.
@@ -220,8 +221,8 @@ class EngineConfig:
         _check(_int(self.tp) and self.tp >= 1, "tp", self.tp, "an integer >= 1")
         _check(self.distributed_executor_backend in ("mp", "ray"), "distributed_executor_backend",
                self.distributed_executor_backend, "'mp' (local processes) or 'ray' (Ray actors)")
-        _check(self.quantization in (None, "int8"), "quantization", self.quantization,
-               "None or 'int8' (weight-only, quantised at load; quantised checkpoints are not supported)")
+        _check(self.quantization in (None, "int8", "int4"), "quantization", self.quantization,
+               "None, 'int8' or 'int4' (weight-only, quantised at load; quantised checkpoints are not supported)")
         _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
                self.num_gpu_blocks, "None or an integer >= 1")
         _check(self.device_type in (None, "cuda", "cpu"), "device_type", self.device_type,

@@ -169,7 +169,7 @@ class LLM:
     """vLLM's ``LLM``. Engine arguments with a meaning here: ``max_model_len``, ``dtype``,
     ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size``, ``enable_prefix_caching``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``distributed_executor_backend`` ("mp" or "ray"),
-    ``quantization`` (None or "int8": weight-only, made at load), ``limit_mm_per_prompt``, ``seed``,
+    ``quantization`` (None, "int8" or "int4": weight-only, made at load), ``limit_mm_per_prompt``, ``seed``,
     ``mm_processor_kwargs`` (``min_pixels`` / ``max_pixels``); the others of ``_NO_EFFECT_ARGS``
     are accepted and ignored; anything else is a ``ValueError``."""
 

@@ -4,7 +4,8 @@
   reading every key and value once, in place.
 - ``small_linear`` is the decode-step matmul (a few rows times a weight): it streams the
   weight once at memory speed, where BLAS repacks it on every call; ``small_linear_q8`` is
-  the same over int8 weights with a scale per output row (``EngineConfig(quantization="int8")``).
+  the same over int8 weights with a scale per output row, ``small_linear_q4`` over 4-bit weights
+  with a scale per group of 32 (``EngineConfig(quantization="int8" | "int4")``).
 
 Both are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
 ``~/.cache/seer``) the first time they are needed; where no compiler is found, or
@@ -66,9 +67,9 @@ def _build() -> Optional[ctypes.CDLL]:
     fn = lib.seer_small_linear
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    fn = lib.seer_small_linear_q8
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    for fn in (lib.seer_small_linear_q8, lib.seer_small_linear_q4):
+        fn.restype = ctypes.c_int
+        fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
 
 
@@ -135,14 +136,25 @@ def small_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
                     bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ (scales[:, None] * qweight).T + bias``: ``x`` ``[M, K]`` fp32, ``qweight`` ``[N, K]``
     int8, ``scales`` ``[N]`` fp32; CPU, contiguous."""
+    return _quantised(_lib.seer_small_linear_q8, x, qweight, scales, bias)
+
+
+def small_linear_q4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
+                    bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """The same over 4-bit weights: ``packed`` ``[N, K // 2]`` uint8 (per group of 32 along K,
+    16 bytes: element i in byte i's low nibble, element i + 16 in its high one, stored + 8),
+    ``scales`` ``[N, K // 32]`` fp32; ``K`` a multiple of 32."""
+    return _quantised(_lib.seer_small_linear_q4, x, packed, scales, bias)
+
+
+def _quantised(fn, x, weight, scales, bias) -> torch.Tensor:
     M, K = x.shape
-    N = qweight.shape[0]
+    N = weight.shape[0]
     out = torch.empty(M, N, dtype=x.dtype)
-    rc = _lib.seer_small_linear_q8(x.data_ptr(), qweight.data_ptr(), scales.data_ptr(),
-                                   bias.data_ptr() if bias is not None else None, out.data_ptr(), M, K, N,
-                                   torch.get_num_threads())
+    rc = fn(x.data_ptr(), weight.data_ptr(), scales.data_ptr(), bias.data_ptr() if bias is not None else None,
+            out.data_ptr(), M, K, N, torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"native int8 linear kernel failed (code {rc})")
+        raise RuntimeError(f"native quantised linear kernel failed (code {rc})")
     return out
 
 

@@ -13,8 +13,12 @@
  *
  *   x [M, K], W [N, K], b [N] or NULL, y [M, N]; all row-major and contiguous.
  *
- * seer_small_linear_q8 is the same with int8 weights and a scale per row of W (y = x (s * Q)^T):
- * a quarter of the bytes to stream, converted to fp32 in registers.
+ * The same kernel over quantised weights, converted to fp32 in registers (weight-only
+ * quantisation, seer/layers/quant.py):
+ *   seer_small_linear_q8: int8, one scale per row of W (W = s * Q): a quarter of fp32's bytes;
+ *   seer_small_linear_q4: 4-bit, one scale per group of 32 along K (W[n, g*32 + i] =
+ *     s[n, g] * (q - 8)); a group is 16 bytes, byte i holding element i in its low nibble and
+ *     element i + 16 in its high one: an eighth of fp32's bytes (plus the scales).
  */
 #include <stdint.h>
 #include <string.h>
@@ -54,20 +58,24 @@ static inline float hsum(vf v) {
     return s;
 }
 
-/* y[i, j] for i < mr rows of x and j < nr rows of w; mr, nr are constants where inlined.
- * LOADW(p) reads VW weights as floats; SCALE(j) multiplies row j's dot product (int8 weights:
- * the row's scale). Defined once per weight type below. */
-#define DEFINE_KERNEL(NAME, WT, LOADW, SCALE, ...)                                                      \
+/* A weight format is five macros over the weight pointer w of a block of rows:
+ *   WLOAD(j, k): VW weights of row j from column k, as floats (k a multiple of VW)
+ *   WAT(j, t):   one weight, for the columns past the last whole vector
+ *   WROW(n):     w advanced to row n;  SROWS(n): the scales advanced to row n
+ *   SCALE(j):    the factor of row j's dot product
+ * DEFINE_KERNEL writes the tile, the block and the entry point for one format. */
+#define DEFINE_KERNEL(NAME, WT)                                                                         \
+    /* y[i, j] for i < mr rows of x and j < nr rows of w; mr, nr are constants where inlined. */     \
     static inline __attribute__((always_inline)) void NAME##_tile(                                    \
-        const float *x, const WT *w, const float *b, float *y, int64_t K, int64_t N, int mr, int nr,  \
-        const float *scales) {                                                                        \
+        const float *x, const WT *w, const float *scales, const float *b, float *y, int64_t K,        \
+        int64_t N, int mr, int nr) {                                                                  \
         vf acc[MR][NR];                                                                               \
         for (int i = 0; i < mr; i++)                                                                  \
             for (int j = 0; j < nr; j++) acc[i][j] = (vf){0};                                         \
         int64_t k = 0;                                                                                \
         for (; k + VW <= K; k += VW) {                                                                \
             vf wv[NR], xv[MR];                                                                        \
-            for (int j = 0; j < nr; j++) wv[j] = LOADW(w + j * K + k);                               \
+            for (int j = 0; j < nr; j++) wv[j] = WLOAD(j, k);                                         \
             for (int i = 0; i < mr; i++) xv[i] = load(x + i * K + k);                                 \
             for (int i = 0; i < mr; i++) /* fused multiply-adds (contraction is off in this file) */  \
                 for (int j = 0; j < nr; j++) acc[i][j] = vfma(xv[i], wv[j], acc[i][j]);               \
@@ -75,27 +83,27 @@ static inline float hsum(vf v) {
         for (int i = 0; i < mr; i++)                                                                  \
             for (int j = 0; j < nr; j++) {                                                            \
                 float s = hsum(acc[i][j]);                                                            \
-                for (int64_t t = k; t < K; t++) s = __builtin_fmaf(x[i * K + t], (float)w[j * K + t], s); \
+                for (int64_t t = k; t < K; t++) s = __builtin_fmaf(x[i * K + t], WAT(j, t), s);       \
                 y[i * N + j] = __builtin_fmaf(s, SCALE(j), b ? b[j] : 0.f);                           \
             }                                                                                         \
     }                                                                                                 \
     /* Rows [0, M) of x against the nr rows of W at w. */                                             \
-    static void NAME##_block(const float *x, const WT *w, const float *b, float *y, int64_t M,        \
-                             int64_t K, int64_t N, int nr, const float *scales) {                     \
+    static void NAME##_block(const float *x, const WT *w, const float *scales, const float *b,        \
+                             float *y, int64_t M, int64_t K, int64_t N, int nr) {                     \
         int64_t m = 0;                                                                                \
         if (nr == NR) {                                                                               \
-            for (; m + MR <= M; m += MR) NAME##_tile(x + m * K, w, b, y + m * N, K, N, MR, NR, scales); \
+            for (; m + MR <= M; m += MR) NAME##_tile(x + m * K, w, scales, b, y + m * N, K, N, MR, NR); \
             switch (M - m) {                                                                          \
-                case 3: NAME##_tile(x + m * K, w, b, y + m * N, K, N, 3, NR, scales); break;          \
-                case 2: NAME##_tile(x + m * K, w, b, y + m * N, K, N, 2, NR, scales); break;          \
-                case 1: NAME##_tile(x + m * K, w, b, y + m * N, K, N, 1, NR, scales); break;          \
+                case 3: NAME##_tile(x + m * K, w, scales, b, y + m * N, K, N, 3, NR); break;          \
+                case 2: NAME##_tile(x + m * K, w, scales, b, y + m * N, K, N, 2, NR); break;          \
+                case 1: NAME##_tile(x + m * K, w, scales, b, y + m * N, K, N, 1, NR); break;          \
             }                                                                                         \
             return;                                                                                   \
         }                                                                                             \
-        for (; m < M; m++) NAME##_tile(x + m * K, w, b, y + m * N, K, N, 1, nr, scales);              \
+        for (; m < M; m++) NAME##_tile(x + m * K, w, scales, b, y + m * N, K, N, 1, nr);              \
     }                                                                                                 \
-    int NAME(const float *x, const WT *w, __VA_ARGS__ const float *b, float *y, int64_t M, int64_t K, \
-             int64_t N, int nthreads) {                                                               \
+    int NAME(const float *x, const WT *w, const float *scales, const float *b, float *y, int64_t M,   \
+             int64_t K, int64_t N, int nthreads) {                                                    \
         const int64_t blocks = (N + NR - 1) / NR;                                                     \
         /* Small problems are not worth waking the other threads for. */                              \
         if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;                               \
@@ -103,30 +111,70 @@ static inline float hsum(vf v) {
         for (int64_t blk = 0; blk < blocks; blk++) {                                                  \
             const int64_t n = blk * NR;                                                               \
             const int nr = N - n < NR ? (int)(N - n) : NR;                                            \
-            NAME##_block(x, w + n * K, b ? b + n : 0, y + n, M, K, N, nr, SCALES_AT(n));              \
+            NAME##_block(x, WROW(n), SROWS(n), b ? b + n : 0, y + n, M, K, N, nr);                    \
         }                                                                                             \
         return 0;                                                                                     \
     }
 
-/* fp32 weights */
-#define ONE(j) 1.f
-#define SCALES_AT(n) 0
-DEFINE_KERNEL(seer_small_linear, float, load, ONE, )
-#undef SCALES_AT
+/* fp32 weights (scales unused: NULL) */
+#define WLOAD(j, k) load(w + (j) * K + (k))
+#define WAT(j, t) w[(j) * K + (t)]
+#define WROW(n) (w + (n) * K)
+#define SROWS(n) scales
+#define SCALE(j) 1.f
+DEFINE_KERNEL(seer_small_linear_f32, float)
+#undef WLOAD
+#undef WAT
+#undef SCALE
 
-/* int8 weights, one fp32 scale per output row (weight-only quantisation): W = scale * q. */
-typedef int8_t vq __attribute__((vector_size(VW)));
-
+/* int8 weights, one scale per row */
 static inline vf load_q8(const int8_t *p) {
 #if defined(__AVX512F__)
     return (vf)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
 #else
-    vq v; /* GCC may widen this lane by lane */
+    int8_t v __attribute__((vector_size(VW))); /* GCC may widen this lane by lane */
     memcpy(&v, p, sizeof v);
     return __builtin_convertvector(v, vf);
 #endif
 }
+#define WLOAD(j, k) load_q8(w + (j) * K + (k))
+#define WAT(j, t) (float)w[(j) * K + (t)]
+#define SCALE(j) scales[j]
+#undef SROWS
+#define SROWS(n) (scales + (n))
+DEFINE_KERNEL(seer_small_linear_q8, int8_t)
+#undef WLOAD
+#undef WAT
+#undef WROW
+#undef SROWS
+#undef SCALE
 
-#define ROW_SCALE(j) scales[j]
-#define SCALES_AT(n) (scales + (n))
-DEFINE_KERNEL(seer_small_linear_q8, int8_t, load_q8, ROW_SCALE, const float *scales,)
+/* 4-bit weights, one scale per group of 32 (K is a multiple of 32) */
+#define Q4_GROUP 32
+static inline vf load_q4(const uint8_t *group, int high) {
+#if defined(__AVX512F__)
+    __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)group));
+    v = high ? _mm512_srli_epi32(v, 4) : _mm512_and_si512(v, _mm512_set1_epi32(15));
+    return (vf)_mm512_cvtepi32_ps(_mm512_sub_epi32(v, _mm512_set1_epi32(8)));
+#else
+    vf r;
+    for (int i = 0; i < VW; i++) r[i] = (float)((high ? group[i] >> 4 : group[i] & 15) - 8);
+    return r;
+#endif
+}
+static inline float q4_at(const uint8_t *row, const float *row_scales, int64_t t) {
+    const uint8_t byte = row[(t / Q4_GROUP) * 16 + t % 16];
+    return row_scales[t / Q4_GROUP] * (float)(((t % Q4_GROUP) < 16 ? byte & 15 : byte >> 4) - 8);
+}
+#define WLOAD(j, k) \
+    (load_q4(w + (j) * (K / 2) + ((k) / Q4_GROUP) * 16, ((k) / 16) & 1) * scales[(j) * (K / Q4_GROUP) + (k) / Q4_GROUP])
+#define WAT(j, t) q4_at(w + (j) * (K / 2), scales + (j) * (K / Q4_GROUP), t)
+#define WROW(n) (w + (n) * (K / 2))
+#define SROWS(n) (scales + (n) * (K / Q4_GROUP))
+#define SCALE(j) 1.f
+DEFINE_KERNEL(seer_small_linear_q4, uint8_t)
+
+int seer_small_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N,
+                      int nthreads) {
+    return seer_small_linear_f32(x, w, 0, b, y, M, K, N, nthreads);
+}

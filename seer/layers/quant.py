@@ -1,19 +1,27 @@
-"""Weight-only int8 quantisation of the decoder's linear layers, made at load time.
+"""Weight-only quantisation of the decoder's linear layers, made at load time.
 
-``EngineConfig(quantization="int8")`` replaces every ``seer.layers.linear.Linear`` (the
-decoder's projections) by an ``Int8Linear``: the weight rounded to int8 with one fp32 scale per
-output row (symmetric, ``scale = max|row| / 127``), a quarter of fp32's bytes; the LM head
-computes its logits from such a copy too (its fp32 weight stays only where the embedding shares
-it). The vision tower and the embedding stay as they are; activations stay fp32.
+``EngineConfig(quantization=...)`` replaces every ``seer.layers.linear.Linear`` (the decoder's
+projections) by a quantised layer, and the LM head computes its logits from such a copy too
+(its fp32 weight stays only where the embedding shares it). The vision tower and the embedding
+stay as they are; activations stay fp32.
+
+- ``"int8"``: ``Int8Linear``, the weight rounded to int8 with one fp32 scale per output row
+  (symmetric, ``scale = max|row| / 127``): a quarter of fp32's bytes.
+- ``"int4"``: ``Int4Linear``, 4 bits with one fp32 scale per group of 32 weights along the input
+  (as llama.cpp's q4_0: values -8..7, the group's largest-magnitude weight at -8 exactly): an
+  eighth of fp32's bytes plus the scales (5 bits a weight in all). A layer whose input width is not a multiple of
+  32 gets int8 instead.
 
 Up to ``MAX_KERNEL_ROWS`` rows on CPU (decode steps, small prefill chunks) go to the native
-kernel, which streams the int8 weight once and converts it in registers; more rows (prefill)
+kernels, which stream the quantised weight once and convert it in registers; more rows (prefill)
 and other devices multiply by the weight dequantised for that call. A row's result does not
-depend on the other rows (the kernel computes each dot product alone), so a batch gives each
-request what it gets alone.
+depend on the other rows (the kernels compute each dot product alone, in one order), so a batch
+gives each request what it gets alone.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,43 +31,85 @@ from .. import kernels
 from .linear import Linear
 from .vocab import ParallelLMHead
 
-QUANTIZATIONS = (None, "int8")
-MAX_KERNEL_ROWS = 32  # rows up to which the native int8 kernel beats dequantise + BLAS here
+QUANTIZATIONS = (None, "int8", "int4")
+MAX_KERNEL_ROWS = 32  # rows up to which the native kernels beat dequantise + BLAS here
+GROUP = 32  # int4: weights per scale
 
 
-class Int8Linear(nn.Module):
+class _QuantLinear(nn.Module):
+    kernel = None  # the native kernel: (x, weight, scales, bias) -> y
+
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scale.contiguous())
         self.bias = linear.bias
         self.dtype = linear.weight.dtype  # what the rest of the model computes in
 
     def dequantized(self) -> torch.Tensor:
-        return (self.qweight.to(torch.float32) * self.scales[:, None]).to(self.dtype)
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (x.dim() == 2 and x.shape[0] <= MAX_KERNEL_ROWS and x.dtype == torch.float32
                 and x.device.type == "cpu" and kernels.available()):
-            return kernels.small_linear_q8(x.contiguous(), self.qweight, self.scales, self.bias)
-        return F.linear(x, self.dequantized(), self.bias)
+            return type(self).kernel(x.contiguous(), self.qweight, self.scales, self.bias)
+        return F.linear(x, self.dequantized().to(self.dtype), self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights"
+        return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
-def quantize(model: nn.Module, mode: str | None) -> int:
-    """Replace the decoder's ``Linear`` layers in place (``mode`` "int8"); returns how many."""
+class Int8Linear(_QuantLinear):
+    kernel = staticmethod(kernels.small_linear_q8)
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("scales", scale.contiguous())
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales[:, None]
+
+
+class Int4Linear(_QuantLinear):
+    kernel = staticmethod(kernels.small_linear_q4)
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__(linear)
+        n, k = linear.weight.shape
+        w = linear.weight.detach().float().reshape(n, k // GROUP, GROUP)
+        # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
+        peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
+        tiny = torch.finfo(torch.float32).tiny
+        scale = torch.where(peak.abs() < tiny, torch.full_like(peak, tiny), peak / -8.0)
+        q = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
+        packed = q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)  # byte i: element i low, i + 16 high
+        self.register_buffer("qweight", packed.reshape(n, k // 2).contiguous())
+        self.register_buffer("scales", scale.contiguous())
+
+    def dequantized(self) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        packed = self.qweight.reshape(n, k // GROUP, GROUP // 2)
+        q = torch.cat([packed & 15, packed >> 4], dim=2).float() - 8
+        return (q * self.scales[..., None]).reshape(n, k)
+
+
+def _quantised(linear: nn.Linear, mode: str) -> _QuantLinear:
+    if mode == "int4" and linear.in_features % GROUP == 0:
+        return Int4Linear(linear)
+    return Int8Linear(linear)
+
+
+def quantize(model: nn.Module, mode: Optional[str]) -> int:
+    """Replace the decoder's ``Linear`` layers in place; returns how many were quantised."""
     if mode is None:
         return 0
     if mode not in QUANTIZATIONS:
         raise ValueError(f"quantization={mode!r} is invalid: one of {QUANTIZATIONS}")
     count = 0
     for head in [m for m in model.modules() if isinstance(m, ParallelLMHead)]:
-        head.quantized = Int8Linear(head)
+        head.quantized = _quantised(head, mode)
         if sum(p is head.weight for _, p in model.named_parameters(remove_duplicate=False)) == 1:
             head.weight = nn.Parameter(head.weight.new_empty(0), requires_grad=False)  # not tied: free it
         count += 1
@@ -67,6 +117,6 @@ def quantize(model: nn.Module, mode: str | None) -> int:
     for parent in parents:  # each fp32 weight is freed as soon as its replacement exists
         for name, child in list(parent.named_children()):
             if type(child) is Linear:
-                setattr(parent, name, Int8Linear(child))
+                setattr(parent, name, _quantised(child, mode))
                 count += 1
     return count
