@@ -34,6 +34,7 @@ from .vocab import ParallelLMHead
 QUANTIZATIONS = (None, "int8", "int4")
 MAX_KERNEL_ROWS = 32  # rows up to which the native kernels beat dequantise + BLAS here
 GROUP = 32  # int4: weights per scale
+ROWS_PER_BLOCK = 2048  # rows quantised at a time
 
 
 class _QuantLinear(nn.Module):
@@ -58,15 +59,21 @@ class _QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}"
 
 
+def _by_rows(weight: torch.Tensor, fn) -> list:
+    """``fn`` over blocks of the weight's rows (as fp32), so that quantising a large matrix (the LM
+    head) never holds more than a block's temporaries; the outputs, concatenated per position."""
+    parts = [fn(weight[i:i + ROWS_PER_BLOCK].detach().float()) for i in range(0, weight.shape[0], ROWS_PER_BLOCK)]
+    return [torch.cat(p).contiguous() for p in zip(*parts)]
+
+
 class Int8Linear(_QuantLinear):
     kernel = staticmethod(kernels.small_linear_q8)
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
-        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scales", scale.contiguous())
+        q, scales = _by_rows(linear.weight, _int8_rows)
+        self.register_buffer("qweight", q)
+        self.register_buffer("scales", scales)
 
     def dequantized(self) -> torch.Tensor:
         return self.qweight.float() * self.scales[:, None]
@@ -77,22 +84,32 @@ class Int4Linear(_QuantLinear):
 
     def __init__(self, linear: nn.Linear):
         super().__init__(linear)
-        n, k = linear.weight.shape
-        w = linear.weight.detach().float().reshape(n, k // GROUP, GROUP)
-        # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
-        peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
-        tiny = torch.finfo(torch.float32).tiny
-        scale = torch.where(peak.abs() < tiny, torch.full_like(peak, tiny), peak / -8.0)
-        q = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
-        packed = q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)  # byte i: element i low, i + 16 high
-        self.register_buffer("qweight", packed.reshape(n, k // 2).contiguous())
-        self.register_buffer("scales", scale.contiguous())
+        packed, scales = _by_rows(linear.weight, _int4_rows)
+        self.register_buffer("qweight", packed)
+        self.register_buffer("scales", scales)
 
     def dequantized(self) -> torch.Tensor:
         n, k = self.out_features, self.in_features
         packed = self.qweight.reshape(n, k // GROUP, GROUP // 2)
         q = torch.cat([packed & 15, packed >> 4], dim=2).float() - 8
         return (q * self.scales[..., None]).reshape(n, k)
+
+
+def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+
+
+def _int4_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    n, k = w.shape
+    w = w.reshape(n, k // GROUP, GROUP)
+    # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
+    peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
+    tiny = torch.finfo(torch.float32).tiny
+    scale = torch.where(peak.abs() < tiny, torch.full_like(peak, tiny), peak / -8.0)
+    q = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
+    packed = q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)  # byte i: element i low, i + 16 high
+    return packed.reshape(n, k // 2), scale
 
 
 def _quantised(linear: nn.Linear, mode: str) -> _QuantLinear:
