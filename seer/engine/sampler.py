@@ -132,6 +132,8 @@ def sample(logits: torch.Tensor, seqs: list[Sequence], eos_ids: frozenset, gramm
 def _sample_row(raw: torch.Tensor, seq: Sequence, eos_ids: frozenset, allowed: Optional[torch.Tensor]) -> int:
     row = _apply_penalties(raw, seq, eos_ids) if _needs_processing(seq, eos_ids) else raw
     if allowed is not None:
+        if seq.grammar.is_error():  # e.g. llguidance's per-step limits ran out on this grammar
+            raise ValueError(f"the response_format's grammar failed: {seq.grammar.get_error()}")
         row = row.masked_fill(~allowed.to(row.device), float("-inf"))
         if not bool(torch.isfinite(row).any()):
             raise ValueError("no token is left that its response_format allows (min_tokens, bad_words or "
