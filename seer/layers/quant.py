@@ -32,7 +32,10 @@ from .linear import Linear
 from .vocab import ParallelLMHead
 
 QUANTIZATIONS = (None, "int8", "int4")
-MAX_KERNEL_ROWS = 32  # rows up to which the native kernels beat dequantise + BLAS here
+# Rows up to which the native kernels run; past it (long prefill chunks) the weight is dequantised
+# for the call, a cost the many rows share. Decode batches stay on the kernels: dequantising every
+# weight every step would cost more than the matmuls.
+MAX_KERNEL_ROWS = 256
 GROUP = 32  # int4: weights per scale
 ROWS_PER_BLOCK = 2048  # rows quantised at a time
 
