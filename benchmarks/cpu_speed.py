@@ -30,6 +30,7 @@ from text_llm import MODEL, REPO, build  # noqa: E402
 DECODE = dict(npp=32, ntg=128, batches=(1, 16, 64))
 PREFILL = dict(npp=512, ntg=1, batches=(1, 8))
 SEER_QUANT = {"f32": None, "int8": "int8", "int4": "int4"}  # row label -> EngineConfig.quantization
+# llama.cpp's q4_0 file keeps its tied embedding / LM head in Q6_K (llama-quantize's default).
 LLAMA_QUANT = {"f32": "f32", "int8": "q8_0", "int4": "q4_0"}
 
 
@@ -72,8 +73,8 @@ def measure(engine: str, quant: str, batch: int, npp: int, ntg: int) -> float:
         return json.loads(line[0][7:])["tok_s"]
     import llamacpp
 
-    rows = llamacpp.run(llamacpp.gguf(LLAMA_QUANT[quant]), npl=(batch,), npp=npp, ntg=ntg)
-    return rows[0]["s_tg"] if ntg > 1 else rows[0]["s_pp"]
+    rows = llamacpp.run(llamacpp.GGUF.format(LLAMA_QUANT[quant]), npl=(batch,), npp=npp, ntg=ntg)
+    return rows[0]["tg_tok_s"] if ntg > 1 else rows[0]["pp_tok_s"]
 
 
 def load_average() -> str:
