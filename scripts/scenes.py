@@ -22,6 +22,12 @@ caption    Describe the image.                          a red circle and a blue 
 Captions name the shapes left to right. Position questions are only asked when the object
 is clearly on one side (its centre at least 12% of the width/height from the middle).
 
+Beyond those templates, ``Phraser`` asks every kind the way people phrase it (``PHRASINGS``
+for training, the disjoint ``HELDOUT_PHRASINGS`` for evaluation, both surface-varied by
+``vary``), out-of-scope questions (answered ``OUT_OF_SCOPE_REPLY``) and follow-ups that refer
+back to an earlier turn ("And the other one?"); ``phrased_eval_items`` builds the held-out
+phrasing eval, first turn and later turn.
+
 Run ``python scripts/scenes.py OUT_DIR [N]`` to write a few scenes with their QA as PNG + text.
 """
 
@@ -188,6 +194,570 @@ class Scene:
                 out.append((kind, *qa))
         rng.shuffle(out)
         return out
+
+
+# --------------------------------------------------------------------------------------------
+# Questions as people phrase them
+# --------------------------------------------------------------------------------------------
+#
+# Besides the fixed templates above (``QUESTIONS``, which the original eval keeps asking), every
+# kind has many phrasings: question and imperative forms, with and without articles, British and
+# American spelling, any case, with or without trailing punctuation. Each phrasing carries the
+# answer form it invites ("left" for "left or right?", "on the left" for "where is ...?", "yes"
+# for "is it on the left?"); ``normalize_answer`` maps every form to the same words for scoring.
+#
+# Two disjoint sets: ``PHRASINGS`` (training) and ``HELDOUT_PHRASINGS`` (evaluation only). The
+# held-out set was written by hand before training, as a separate list: the exact questions from
+# issue 17 ("Where is the star?", "What shape is at the top?", "describe this image"), wordings
+# in the style of VQA datasets and of LMDeploy's examples, and recombinations of openers and
+# question bodies that training only sees apart ("Could you tell me" appears in training with
+# colour questions only, so "Could you tell me what shape ..." is new). ``_check_disjoint``
+# asserts that no held-out template equals a training template after lowercasing and dropping
+# punctuation and articles (the surface variations both sets get).
+#
+# Placeholders: {ref} an object by shape or colour+shape, {cref} an object by colour
+# ("red shape", "red one"), {sref} an object by shape, {a}/{b} two shapes, {side} a side word,
+# {where} a location phrase ("on the left", "at the top").
+
+OUT_OF_SCOPE_REPLY = "I don't know. I only know about the shapes in the image."
+NO_TEXT_REPLY = "There is no text in the image."
+
+# (template, answer style). Styles: bare, article ("a circle"), it ("it is red"), where ("on the
+# left"), yesno, number ("there are 3"), the ("the circle"), caption, fixed.
+PHRASINGS = {
+    "shape": [
+        ("What shape is the {colour} object?", "bare"), ("Which shape is {colour}?", "bare"),
+        ("What is the {colour} thing?", "article"), ("What kind of shape is the {colour} one?", "bare"),
+        ("Name the {colour} shape.", "bare"), ("Tell me the shape of the {colour} object.", "bare"),
+        ("The {colour} shape is what?", "bare"), ("What's the {colour} shape?", "bare"),
+        ("Identify the {colour} shape.", "bare"), ("which shape is coloured {colour}", "bare"),
+        ("What shape is {colour}?", "bare"), ("What is the shape of the {colour} one?", "bare"),
+        ("What {colour} shape do you see?", "article"), ("Which object is {colour}?", "the"),
+        ("What is the {colour} object?", "article"),
+    ],
+    "shape_at": [  # the one object on a side
+        ("What shape is on the {side}?", "bare"), ("Which shape is on the {side}?", "bare"),
+        ("What is on the {side}?", "article"), ("Name the shape on the {side}.", "bare"),
+        ("What's the object on the {side}?", "article"),
+    ],
+    "colour": [
+        ("What colour is the {sref}?", "bare"), ("Which colour is the {sref}?", "bare"),
+        ("What is the colour of the {sref}?", "bare"), ("Tell me the colour of the {sref}.", "bare"),
+        ("What colour does the {sref} have?", "bare"), ("Name the colour of the {sref}.", "bare"),
+        ("The {sref} is what colour?", "bare"), ("What's the colour of the {sref}?", "bare"),
+        ("Could you tell me the colour of the {sref}?", "it"), ("Is the {sref} red or blue?", "bare"),
+        ("What colour has the {sref} got?", "bare"), ("Which colour is used for the {sref}?", "bare"),
+        ("In what colour is the {sref} drawn?", "bare"), ("What colour is the {sref} painted?", "it"),
+        ("Say the colour of the {sref}.", "bare"),
+    ],
+    "colour_at": [
+        ("What colour is the shape on the {side}?", "bare"), ("Which colour is on the {side}?", "bare"),
+        ("What is the colour of the object on the {side}?", "bare"),
+        ("Tell me the colour of the shape on the {side}.", "bare"),
+    ],
+    "count": [
+        ("How many shapes are there?", "bare"), ("How many objects do you see?", "number"),
+        ("Count the shapes.", "bare"), ("Count the objects in the picture.", "bare"),
+        ("How many things are in the picture?", "number"), ("What is the number of shapes?", "bare"),
+        ("How many shapes can you see?", "number"), ("How many shapes are in this image?", "bare"),
+        ("Tell me how many objects there are.", "number"), ("Number of shapes?", "bare"),
+        ("how many shapes", "bare"), ("How many figures are drawn?", "bare"),
+        ("How many items are shown?", "bare"), ("Count them.", "bare"),
+    ],
+    "position_x": [
+        ("Is the {ref} on the left or the right?", "bare"), ("Is the {ref} left or right?", "bare"),
+        ("Is the {ref} on the left or right side?", "bare"), ("Which side is the {ref} on?", "where"),
+        ("Where's the {ref}, left or right?", "bare"), ("Is the {ref} on the left?", "yesno_left"),
+        ("Is the {ref} on the right?", "yesno_right"), ("Where is the {ref} located?", "where"),
+        ("Where's the {ref}?", "where"), ("Where can I find the {ref}?", "where"),
+        ("Tell me where the {ref} is.", "where"), ("Is the {ref} to the left or to the right?", "bare"),
+        ("In which half is the {ref}, left or right?", "bare"), ("Left or right: the {ref}?", "bare"),
+    ],
+    "position_y": [
+        ("Is the {ref} at the top or the bottom?", "bare"), ("Is the {ref} top or bottom?", "bare"),
+        ("Is the {ref} near the top or the bottom?", "bare"), ("Is the {ref} at the top?", "yesno_top"),
+        ("Is the {ref} at the bottom?", "yesno_bottom"), ("Is the {ref} in the upper or lower half?", "updown"),
+        ("Top or bottom: the {ref}?", "bare"), ("Is the {ref} high or low in the picture?", "bare"),
+    ],
+    "bigger": [
+        ("Which is bigger, the {a} or the {b}?", "bare"), ("Which is larger, the {a} or the {b}?", "bare"),
+        ("Which one is bigger: the {a} or the {b}?", "the"), ("Is the {a} bigger than the {b}?", "yesno_big"),
+        ("Is the {a} smaller than the {b}?", "yesno_small"), ("Which is smaller, the {a} or the {b}?", "small"),
+        ("Which shape is larger, the {a} or the {b}?", "bare"), ("Of the {a} and the {b}, which is bigger?", "bare"),
+        ("Which is the bigger one, the {a} or the {b}?", "the"), ("Is the {a} larger than the {b}?", "yesno_big"),
+    ],
+    "text": [
+        ("What does the text say?", "bare"), ("What word is written?", "bare"), ("Read the text.", "bare"),
+        ("What is written here?", "bare"), ("Read what it says.", "bare"), ("What does it say?", "bare"),
+        ("Is there any text? What does it say?", "bare"), ("What is the printed word?", "bare"),
+        ("Which word or number is printed?", "bare"), ("What text do you see?", "bare"),
+    ],
+    "caption": [
+        ("Describe the image.", "caption"), ("What do you see?", "caption"), ("Describe this picture.", "caption"),
+        ("What is in this image?", "caption"), ("Describe what you see.", "caption"),
+        ("What's in the picture?", "caption"), ("Caption this image.", "caption"),
+        ("Give a short description of the image.", "caption"), ("Tell me what is in the picture.", "caption"),
+        ("What does the image show?", "caption"), ("Describe the scene.", "caption"),
+        ("describe it", "caption"), ("What can you see in the picture?", "caption"), ("Describe.", "caption"),
+        ("What is shown?", "caption"), ("Explain the image.", "caption"),
+    ],
+    "followup": [  # a later turn: the same question about another object
+        ("And the {ref}?", "same"), ("What about the {ref}?", "same"), ("how about the {ref}", "same"),
+        ("And the other one?", "other"), ("What about the other one?", "other"), ("And the other?", "other"),
+        ("Same for the {ref}.", "same"), ("And for the {ref}?", "same"),
+    ],
+}
+
+# More training wordings: synonyms (object/thing/item/figure, image/picture/photo, big/large),
+# openers ("Tell me", "I'd like to know", "Quick question:") and short forms.
+for _kind, _more in {
+    "shape": [
+        ("Can you name the {colour} shape?", "bare"), ("Which figure is {colour}?", "bare"),
+        ("What is the {colour} item?", "article"), ("Which shape has the colour {colour}?", "bare"),
+        ("Please name the shape that is {colour}.", "bare"), ("I'd like to know the shape of the {colour} object.", "bare"),
+        ("What shape is the {colour} figure?", "bare"), ("Quick question: what shape is the {colour} one?", "bare"),
+        ("{colour} shape?", "bare"), ("What's {colour}?", "article"), ("Which one of them is {colour}?", "the"),
+        ("Tell me what the {colour} thing is.", "article"), ("What shape do you see in {colour}?", "bare"),
+        ("Could you name the {colour} object?", "bare"), ("What type of shape is {colour}?", "bare"),
+    ],
+    "shape_at": [
+        ("Which figure is on the {side}?", "bare"), ("What do you see on the {side}?", "article"),
+        ("Which one is on the {side}?", "the"), ("What shape can you see on the {side}?", "bare"),
+    ],
+    "colour": [
+        ("What colour is the {sref} in the picture?", "bare"), ("Can you name the colour of the {sref}?", "bare"),
+        ("I'd like to know the colour of the {sref}.", "bare"), ("Quick question: what colour is the {sref}?", "bare"),
+        ("{sref} colour?", "bare"), ("What colour would you say the {sref} is?", "bare"),
+        ("Tell me which colour the {sref} is.", "bare"), ("Which colour has the {sref} got?", "bare"),
+        ("What is the {sref} coloured?", "bare"), ("Could you name the colour of the {sref}?", "it"),
+        ("What colour is that {sref}?", "bare"), ("Which colour is the {sref} in the image?", "bare"),
+    ],
+    "colour_at": [
+        ("What colour has the object on the {side}?", "bare"),
+        ("Name the colour of the one on the {side}.", "bare"),
+    ],
+    "count": [
+        ("How many shapes are in the picture?", "bare"), ("How many objects are in this photo?", "bare"),
+        ("Can you count the shapes?", "bare"), ("I'd like to know how many shapes there are.", "number"),
+        ("Quick question: how many objects are there?", "bare"), ("How many do you see?", "bare"),
+        ("How many shapes are drawn in the image?", "bare"), ("How many things are there?", "number"),
+        ("What is the count of objects?", "bare"), ("Tell me the number of shapes.", "bare"),
+        ("How many items can you count?", "bare"), ("How many figures can you see in the picture?", "number"),
+    ],
+    "position_x": [
+        ("Where is the {ref} in the picture?", "where"), ("Can you tell me where the {ref} is?", "where"),
+        ("Which side is the {ref} on, left or right?", "bare"), ("Is the {ref} in the left half?", "yesno_left"),
+        ("Is the {ref} on the right side?", "yesno_right"), ("Whereabouts is the {ref}?", "where"),
+        ("Where in the image is the {ref}?", "where"), ("Is the {ref} on the left side or the right side?", "bare"),
+        ("Quick question: is the {ref} left or right?", "bare"), ("Where would you say the {ref} is?", "where"),
+        ("Left or right, where is the {ref}?", "bare"), ("Is the {ref} located to the right?", "yesno_right"),
+        ("In which part of the image is the {ref}?", "where"), ("Where do you see the {ref}?", "where"),
+    ],
+    "position_y": [
+        ("Is the {ref} in the top half or the bottom half?", "bare"), ("Is the {ref} up or down?", "bare"),
+        ("Is the {ref} at the top of the picture?", "yesno_top"), ("Is the {ref} near the top?", "yesno_top"),
+        ("Is the {ref} in the lower half?", "yesno_bottom"), ("Is the {ref} upper or lower?", "updown"),
+        ("Is the {ref} high or low?", "bare"), ("Is the {ref} at the bottom or at the top?", "bare"),
+    ],
+    "bigger": [
+        ("Is the {a} bigger or smaller than the {b}?", "bigsmall"), ("Which is bigger: the {a} or the {b}?", "bare"),
+        ("Which is larger: the {a} or the {b}?", "bare"), ("Which of the two is bigger, the {a} or the {b}?", "bare"),
+        ("Which one is smaller, the {a} or the {b}?", "small"), ("Between the {a} and the {b}, which is larger?", "bare"),
+        ("Is the {a} big or small compared to the {b}?", "bigsmall"), ("Bigger: {a} or {b}?", "bare"),
+        ("Which is the biggest, the {a} or the {b}?", "bare"), ("Compare the {a} and the {b}: which is bigger?", "bare"),
+    ],
+    "text": [
+        ("What word can you see?", "bare"), ("Can you read what is written?", "bare"),
+        ("What is written on the picture?", "bare"), ("What does the writing in the image say?", "bare"),
+        ("Which word is written in the picture?", "bare"), ("Read the word.", "bare"),
+        ("What number or word is shown?", "bare"), ("What text is in the image?", "bare"),
+    ],
+    "caption": [
+        ("Describe this image in a few words.", "caption"), ("What do you see in this image?", "caption"),
+        ("Can you tell me what is in the image?", "caption"), ("describe the photo", "caption"),
+        ("What's in this picture?", "caption"), ("Please describe this picture.", "caption"),
+        ("Tell me about the image.", "caption"), ("What is in the photo?", "caption"),
+        ("Describe the image for me.", "caption"), ("Could you describe the image?", "caption"),
+        ("Give me a caption for the picture.", "caption"), ("What does the picture show?", "caption"),
+        ("Summarize the image.", "caption"), ("What is this picture?", "caption"),
+    ],
+    "followup": [
+        ("And what about the other one?", "other"), ("The other one?", "other"), ("and the {ref}", "same"),
+        ("How about the {ref}?", "same"), ("Now the {ref}?", "same"), ("What about the {ref} then?", "same"),
+    ],
+}.items():
+    PHRASINGS[_kind] += [x for x in _more if x not in PHRASINGS[_kind]]
+
+HELDOUT_PHRASINGS = {
+    "shape": [
+        ("Could you tell me what shape the {colour} object is?", "bare"), ("What is the {colour} figure?", "article"),
+        ("What form does the {colour} object have?", "bare"), ("What shape has the {colour} colour?", "bare"),
+        ("Which one is {colour}?", "the"), ("Tell me which shape is {colour}.", "bare"),
+    ],
+    "shape_at": [
+        ("What shape is at the {side}?", "bare"), ("Which object is on the {side}?", "the"),
+        ("Tell me the shape on the {side}.", "bare"),
+    ],
+    "colour": [
+        ("Tell me the {sref}'s color.", "bare"), ("Which colour does the {sref} have?", "bare"),
+        ("Can you tell me what colour the {sref} is?", "bare"), ("Colour of the {sref}?", "bare"),
+        ("What is the {sref}'s colour?", "bare"), ("Tell me what colour the {sref} is.", "bare"),
+    ],
+    "colour_at": [
+        ("What colour is the object at the {side}?", "bare"), ("Which color is the shape on the {side}?", "bare"),
+    ],
+    "count": [
+        ("How many objects are there in the picture?", "bare"), ("How many shapes do you count?", "bare"),
+        ("Count how many shapes there are.", "bare"), ("What is the number of objects in the image?", "bare"),
+        ("How many things can you see?", "number"), ("How many are there?", "bare"),
+    ],
+    "position_x": [
+        ("Where is the {ref}?", "where"), ("Is the {ref} on the right or on the left?", "bare"),
+        ("On which side is the {ref}?", "where"), ("Is the {ref} located on the left?", "yesno_left"),
+        ("Which side of the image is the {ref} on?", "where"), ("Is the {ref} in the left or the right half?", "bare"),
+    ],
+    "position_y": [
+        ("Is the {ref} at the top or at the bottom?", "bare"), ("Is the {ref} in the top or bottom half?", "bare"),
+        ("Is the {ref} near the bottom?", "yesno_bottom"), ("Is the {ref} in the upper part or the lower part?", "updown"),
+    ],
+    "bigger": [
+        ("Which of the {a} and the {b} is bigger?", "bare"), ("Bigger one: {a} or {b}?", "bare"),
+        ("Is the {a} larger or smaller than the {b}?", "larger"), ("Which one is larger, the {a} or the {b}?", "the"),
+        ("Which is the smaller one, the {a} or the {b}?", "small"),
+    ],
+    "text": [
+        ("What does the writing say?", "bare"), ("What is written in the picture?", "bare"),
+        ("Which word is printed in the image?", "bare"), ("Can you read the text?", "bare"),
+    ],
+    "caption": [
+        ("describe this image", "caption"), ("What is in the picture?", "caption"),
+        ("Describe the picture for me.", "caption"), ("Can you describe this image?", "caption"),
+        ("What does this picture show?", "caption"), ("Please describe the image.", "caption"),
+    ],
+    "followup": [
+        ("And what about the {ref}?", "same"), ("The {ref}?", "same"), ("And the other one, please?", "other"),
+        ("How about the other one?", "other"),
+    ],
+}
+
+# Out of scope: questions about things these scenes do not have. Built from (template, noun)
+# combinations; the held-out ones use templates and nouns that training never sees.
+OOS_TEMPLATES = (
+    "What breed is the {n}?", "How old is the {n}?", "What is the {n} doing?", "Where was this {n} made?",
+    "What brand is the {n}?", "Is the {n} happy?", "What is the name of the {n}?", "How fast is the {n}?",
+    "Why is the {n} here?", "What is the {n} eating?", "How much does the {n} cost?", "Who owns the {n}?",
+    "What colour is the {n}?", "Where is the {n}?", "What shape is the {n}?", "How big is the {n}?",
+    "What is the {n} made of?", "Describe the {n}.", "Which {n} is this?", "Is the {n} asleep?",
+)
+OOS_NOUNS = ("dog", "person", "man", "woman", "car", "tree", "house", "bird", "horse", "child",
+             "building", "phone", "boat", "flower", "apple", "ball", "chair", "table", "train", "lamp",
+             "shoe", "fish", "baby", "sky", "mountain", "bottle", "computer", "boy", "truck", "sheep")
+OOS_PLAIN = (  # no noun slot
+    "What is the weather like?", "What time is it?", "Who took this photo?", "Where was this photo taken?",
+    "What city is this?", "What is the capital of France?", "What season is it?", "Who is in the picture?",
+    "What animal is this?", "What is the man wearing?", "Is it raining?", "What food is on the table?",
+    "What emotion does this show?", "Translate this into French.", "Write a poem about the picture.",
+    "What year is it?", "Is this photo real?", "What sport is being played?", "Who is this?",
+    "What is happening here?", "What brand is this?", "What language is this?", "Is anyone smiling?",
+    "What is the meaning of life?", "Which team is winning?", "How much does this cost?",
+)
+HELDOUT_OOS_TEMPLATES = ("What kind of {n} is this?", "How tall is the {n}?", "What colour is the {n}'s hair?",
+                         "What is the {n} looking at?")
+HELDOUT_OOS_NOUNS = ("cow", "girl", "bicycle", "cat")
+HELDOUT_OOS_PLAIN = ("What is the temperature?", "Who made this picture?", "What country is this?",
+                     "What is the person doing?", "How many people are there?", "What game is this?")
+
+BRITISH_AMERICAN = (("colour", "color"), ("Colour", "Color"), ("coloured", "colored"))
+
+
+def _core(t: str) -> str:
+    import re
+
+    t = t.lower()
+    for b, am in BRITISH_AMERICAN:
+        t = t.replace(am.lower(), b.lower())
+    t = re.sub(r"[^\w{} ]", " ", t)
+    return " ".join(w for w in t.split() if w not in ("the", "a", "an"))
+
+
+def _check_disjoint() -> None:
+    train = {_core(t) for v in PHRASINGS.values() for t, _ in v} | {_core(t) for v in QUESTIONS.values() for t in v}
+    for kind, v in HELDOUT_PHRASINGS.items():
+        for t, _ in v:
+            assert _core(t) not in train, f"held-out phrasing {t!r} ({kind}) is also a training phrasing"
+    train_oos = {_core(t) for t in OOS_TEMPLATES + OOS_PLAIN}
+    assert not train_oos & {_core(t) for t in HELDOUT_OOS_TEMPLATES + HELDOUT_OOS_PLAIN}
+    assert not set(OOS_NOUNS) & set(HELDOUT_OOS_NOUNS)
+
+
+_check_disjoint()
+
+
+def vary(q: str, rng: random.Random) -> str:
+    """Surface variation people type: case, trailing punctuation, articles, spelling, please."""
+    import re
+
+    r = rng.random
+    if r() < 0.5:
+        for b, am in BRITISH_AMERICAN:
+            q = q.replace(b, am)
+    if r() < 0.15:
+        q = re.sub(r"\b(the|The) ", "", q)
+        q = q[:1].upper() + q[1:] if q[:1].islower() and r() < 0.5 else q
+    if r() < 0.1:
+        q = ("Please " + q[:1].lower() + q[1:]) if r() < 0.5 else q.rstrip("?.!") + ", please" + q[len(q.rstrip("?.!")):]
+    x = r()
+    if x < 0.25:
+        q = q.lower()
+    elif x < 0.3:
+        q = q.upper()
+    elif x < 0.4:
+        q = q[:1].lower() + q[1:]
+    x = r()
+    if x < 0.3:
+        q = q.rstrip("?.!")
+    elif x < 0.35:
+        q = q.rstrip("?.!") + rng.choice(("??", "!", " ?", "."))
+    if r() < 0.05:
+        q = q + " "
+    return q
+
+
+_NUMBER_WORDS = {"one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "zero": "0"}
+_SYNONYMS = {**_NUMBER_WORDS, "larger": "bigger", "upper": "top", "lower": "bottom"}
+_FILLER = {"it", "is", "its", "it's", "there", "are", "a", "an", "the", "on", "at", "in", "one", "shape",
+           "object", "side", "half", "of", "image", "picture", "s"}
+
+
+def normalize_answer(text: str) -> str:
+    """Answer words for scoring: lower case, no punctuation, no filler ("it is", "on the", "a")."""
+    import re
+
+    words = re.sub(r"[^\w ]", " ", text.lower().replace("it's", "it is")).split()
+    words = [_SYNONYMS.get(w, w) for w in words]
+    return " ".join(w for w in words if w not in _FILLER)
+
+
+def _side_phrase(sx: Optional[str], sy: Optional[str]) -> str:
+    if sx and sy:
+        return f"at the {sy} {sx}"
+    return f"on the {sx}" if sx else f"at the {sy}"
+
+
+def _style(answer: str, style: str, n: int = 0) -> str:
+    if style == "article":
+        return f"{article(answer)} {answer}"
+    if style == "the":
+        return f"the {answer}"
+    if style == "it":
+        return f"it is {answer}"
+    if style == "number":
+        return f"there {'is' if n == 1 else 'are'} {answer}"
+    return answer
+
+
+class Phraser:
+    """Questions of every kind in people's phrasings about one scene (``heldout`` picks the set).
+    ``ask(kind, rng)`` returns (question, answer, facts) or None; facts lets a follow-up turn ask
+    the same question about another object."""
+
+    def __init__(self, scene: "Scene", heldout: bool = False):
+        self.s = scene
+        self.P = HELDOUT_PHRASINGS if heldout else PHRASINGS
+        self.heldout = heldout
+
+    def _ref(self, o: Obj, rng, by: str = "any") -> str:
+        if by == "colour":
+            return rng.choice((f"{o.colour} one", f"{o.colour} shape", f"{o.colour} object"))
+        return o.shape if rng.random() < 0.6 or by == "shape" else o.name
+
+    def alone_on(self, axis: str) -> list[tuple[Obj, str]]:
+        """(object, side) where the object is the only one on its side and all others are on the other."""
+        out = []
+        if len(self.s.objects) < 2:
+            return out
+        for o in self.s.objects:
+            side = self.s.side(o, axis)
+            if side is None:
+                continue
+            others = [self.s.side(p, axis) for p in self.s.objects if p is not o]
+            if all(x is not None and x != side for x in others):
+                out.append((o, side))
+        return out
+
+    def answer_for(self, kind: str, o: Optional[Obj], style: str, extra: dict) -> Optional[str]:
+        s = self.s
+        if kind in ("shape", "shape_at"):
+            return _style(o.shape, style)
+        if kind in ("colour", "colour_at"):
+            return _style(o.colour, style)
+        if kind == "position":
+            axis = extra["axis"]
+            side = s.side(o, axis)
+            if side is None:
+                return None
+            if style == "where":
+                return _side_phrase(s.side_x(o), s.side_y(o))
+            if style.startswith("yesno_"):
+                return "yes" if side == style[6:] else "no"
+            if style == "updown":
+                return {"top": "upper", "bottom": "lower"}[side]
+            return side
+        return None
+
+    def ask(self, kind: str, rng: random.Random, obj: Optional[Obj] = None):
+        s, P = self.s, self.P
+        if kind == "shape":
+            at = self.alone_on("x") + self.alone_on("y")
+            if at and obj is None and rng.random() < 0.25:
+                o, side = rng.choice(at)
+                t, style = rng.choice(P["shape_at"])
+                return t.format(side=side), _style(o.shape, style), {"kind": "shape_at"}
+            o = obj or rng.choice(s.objects)
+            t, style = rng.choice(P["shape"])
+            return t.format(colour=o.colour), _style(o.shape, style), {"kind": "shape", "obj": o, "style": style}
+        if kind == "colour":
+            at = self.alone_on("x") + self.alone_on("y")
+            if at and obj is None and rng.random() < 0.25:
+                o, side = rng.choice(at)
+                t, style = rng.choice(P["colour_at"])
+                return t.format(side=side), _style(o.colour, style), {"kind": "colour_at"}
+            o = obj or rng.choice(s.objects)
+            t, style = rng.choice(P["colour"])
+            if "red or blue" in t:  # an either-or question: the right colour and another one
+                other = rng.choice([c for c in COLOURS if c != o.colour])
+                pair = [o.colour, other]
+                rng.shuffle(pair)
+                t = t.replace("red or blue", f"{pair[0]} or {pair[1]}")
+            return t.format(sref=o.shape), _style(o.colour, style), {"kind": "colour", "obj": o, "style": style}
+        if kind == "count":
+            t, style = rng.choice(P["count"])
+            n = len(s.objects)
+            return t, _style(str(n), style, n), {"kind": "count"}
+        if kind == "position":
+            options = [(o, axis) for o in ([obj] if obj else s.objects) for axis in "xy" if s.side(o, axis)]
+            if not options:
+                return None
+            o, axis = rng.choice(options)
+            t, style = rng.choice(P["position_" + axis])
+            ans = self.answer_for("position", o, style, {"axis": axis})
+            return t.format(ref=self._ref(o, rng)), ans, {"kind": "position", "obj": o, "style": style, "axis": axis}
+        if kind == "bigger":
+            pairs = s._bigger_pairs()
+            if not pairs:
+                return None
+            a, b = rng.choice(pairs)
+            if rng.random() < 0.5:
+                a, b = b, a
+            big, small = (a, b) if a.r > b.r else (b, a)
+            t, style = rng.choice(P["bigger"])
+            if style == "yesno_big":
+                ans = "yes" if a is big else "no"
+            elif style == "yesno_small":
+                ans = "yes" if a is small else "no"
+            elif style == "larger":
+                ans = "larger" if a is big else "smaller"
+            elif style == "bigsmall":
+                ans = "bigger" if a is big else "smaller"
+            elif style == "small":
+                ans = small.shape
+            else:
+                ans = _style(big.shape, style)
+            return t.format(a=a.shape, b=b.shape), ans, {"kind": "bigger"}
+        if kind == "text":
+            t, _ = rng.choice(P["text"])
+            return t, (s.text if s.text is not None else NO_TEXT_REPLY), {"kind": "text"}
+        if kind == "caption":
+            t, _ = rng.choice(P["caption"])
+            return t, s.caption(), {"kind": "caption"}
+        if kind == "outside":
+            if self.heldout:
+                temps, nouns, plain = HELDOUT_OOS_TEMPLATES, HELDOUT_OOS_NOUNS, HELDOUT_OOS_PLAIN
+            else:
+                temps, nouns, plain = OOS_TEMPLATES, OOS_NOUNS, OOS_PLAIN
+            q = rng.choice(plain) if rng.random() < 0.4 else rng.choice(temps).format(n=rng.choice(nouns))
+            return q, OUT_OF_SCOPE_REPLY, {"kind": "outside"}
+        raise ValueError(f"unknown question kind {kind!r}")
+
+    def follow_up(self, facts: dict, rng: random.Random):
+        """A later turn that refers back: the same question about another object, or None."""
+        k = facts.get("kind")
+        if k not in ("shape", "colour", "position") or len(self.s.objects) < 2:
+            return None
+        o = facts["obj"]
+        others = [p for p in self.s.objects if p is not o]
+        style = facts["style"]
+        templates = [x for x in self.P["followup"] if x[1] == "same" or len(others) == 1]
+        t, how = rng.choice(templates)
+        b = others[0] if how == "other" else rng.choice(others)
+        if k == "position":
+            ans = self.answer_for("position", b, style, facts)
+            if ans is None:
+                return None
+        else:
+            ans = self.answer_for(k, b, style, facts)
+        if k == "shape":
+            ref = self._ref(b, rng, by="colour")
+        elif k == "colour":
+            ref = b.shape
+        else:
+            ref = self._ref(b, rng)
+        q = t.format(ref=ref)
+        return q, ans, {"kind": k, "obj": b, "style": style, "axis": facts.get("axis")}
+
+
+# Kinds scored on held-out phrasings (outside: out-of-scope questions; followup: a later turn
+# that refers back, "And the other one?").
+PHRASED_KINDS = ("shape", "colour", "count", "position", "bigger", "text", "caption", "outside", "followup")
+PHRASED_SEED_START = EVAL_SEED_START + 100_000_000  # held-out scenes of the phrasing eval
+
+
+def phrased_eval_items(kind: str, n: int, later: bool = False, size: int = SIZE, start: int = PHRASED_SEED_START):
+    """``n`` held-out ``(scene, history, question, answer)`` of ``kind`` in held-out phrasings
+    (``HELDOUT_PHRASINGS``, surface-varied by ``vary``). ``history``: earlier ``(question,
+    answer)`` turns, empty for a first-turn item; with ``later`` one or two held-out questions of
+    other kinds (answered correctly) come first. ``followup`` items are always later turns: a
+    shape, colour or position question and then the same question about another object."""
+    offset = PHRASED_KINDS.index(kind) * 10_000_000 + (5_000_000 if later else 0)
+    out, seed = [], start + offset
+    while len(out) < n:
+        scene = make_scene(seed, size)
+        rng = random.Random(seed ^ 0x9E3779B9)
+        ph = Phraser(scene, heldout=True)
+        seed += 1
+        history = []
+        if kind == "followup":
+            first = ph.ask(rng.choice(("shape", "colour", "position")), rng)
+            fu = ph.follow_up(first[2], rng) if first else None
+            if fu is None:
+                continue
+            history.append((vary(first[0], rng), first[1]))
+            q, a = fu[0], fu[1]
+        else:
+            if kind == "text" and scene.text is None:
+                continue
+            qa = ph.ask(kind, rng)
+            if qa is None:
+                continue
+            q, a = qa[0], qa[1]
+        if later or kind == "followup":
+            others = [k for k in PHRASED_KINDS if k not in (kind, "followup", "text")]
+            for k in rng.sample(others, rng.randint(1, 2) if kind != "followup" else rng.randint(0, 1)):
+                prev = ph.ask(k, rng)
+                if prev is not None:
+                    history.insert(0, (vary(prev[0], rng), prev[1]))
+        out.append((scene, history, vary(q, rng), a))
+    return out
+
+
+def phrased_correct(kind: str, text: str, answer: str, scene: "Scene") -> bool:
+    """Scoring of the phrasing eval: captions must name every object; other answers must say the
+    same words as the expected answer once both are normalised (``normalize_answer``)."""
+    if kind == "caption":
+        words = text.replace(",", " ").split()
+        pairs = {" ".join(words[i:i + 2]) for i in range(len(words) - 1)}
+        return all(o.name in pairs for o in scene.objects)
+    return normalize_answer(text) == normalize_answer(answer)
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,9 +16,18 @@ Reproduce the shipped weights (the default output is ``seer/assets/demo-vlm``)::
 
     python scripts/train_demo_model.py --threads 2
 
-The shipped weights were trained with the defaults and ``--threads 2`` (see the README's
-"The demo model" section for the time it took). Runs are seeded; the same seed, thread
-count, torch version and CPU give the same weights.
+The shipped weights come from two runs (see the README's "The demo model" section for the
+times): the defaults with ``--threads 2`` trained on the fixed question templates only (the
+first shipped model; ``training.json``'s ``init`` records it), then that model fine-tuned on
+the mix of fixed templates, people's phrasings (``scenes.PHRASINGS``), multi-turn chats and
+out-of-scope questions, with the vision tower kept as it was::
+
+    python scripts/train_demo_model.py --init seer/assets/demo-vlm --vision-steps 0 \
+        --freeze-vision --aux-weight 0 --lr 1e-3 --warmup 50 --minutes 58
+
+Runs with ``--steps`` are seeded; the same seed, thread count, torch version and CPU give the
+same weights. ``--minutes`` sets the step count from the measured speed, so such a run (like
+the fine-tuning above, on a shared machine) is not bit-reproducible.
 """
 
 from __future__ import annotations
@@ -182,8 +191,8 @@ class Encoder:
             add(self._text("\n"))
         return ids, labels, split
 
-    def prompt(self, question: str, image: bool = True) -> list[int]:
-        ids, labels = self.encode([(question, "")], image)
+    def prompt(self, question: str, image: bool = True, history=()) -> list[int]:
+        ids, labels = self.encode(list(history) + [(question, "")], image)
         return ids[: len(ids) - 2]  # drop "<|im_end|>\n" of the empty answer
 
     def messages(self, turns, image=True):
@@ -218,33 +227,72 @@ class Encoder:
 def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
     """The conversations trained on one image: shape and colour for every object, position for every
     object on each axis where it has a side, a size comparison, the count, the text and the caption;
-    now and then a two-turn chat.
+    then a few multi-turn chats.
 
     Position questions are where a small model finds a shortcut: answering with the side that all
     the objects together lean to (right for single-object scenes, and for most objects of the
     others) instead of looking up the one asked about. Every question whose answer differs from
-    that overall side is asked a second time (another phrasing), so the shortcut stops paying."""
+    that overall side is asked a second time (another phrasing), so the shortcut stops paying.
+
+    Each single question is asked in one of the fixed templates (``scenes.QUESTIONS``) or, with
+    probability ``--phrase-fraction``, in one of people's phrasings (``scenes.PHRASINGS`` with
+    ``scenes.vary``'s case, punctuation, article and spelling changes), about the same object.
+    Then ``--multi-turn`` chats of 2-4 turns: any kind in any phrasing, an out-of-scope question
+    now and then, and follow-ups that refer back ("And the other one?")."""
+    ph = scenes.Phraser(scene)
+
+    def phrased(kind, obj=None):
+        r = ph.ask(kind, rng, obj=obj)
+        return None if r is None else (scenes.vary(r[0], rng), r[1])
+
+    def maybe_phrase(qa, kind, obj=None):
+        if qa is None or rng.random() >= a.phrase_fraction:
+            return qa
+        return phrased(kind, obj) or qa
+
     convs = []
     for o in scene.objects:
         for kind in ("shape", "colour"):
-            convs.append([scene.question(kind, rng, obj=o)])
+            convs.append([maybe_phrase(scene.question(kind, rng, obj=o), kind, o)])
         for axis in ("x", "y"):
             side = scene.side(o, axis)
             if side is None:
                 continue
             repeat = 2 if len(scene.objects) > 1 and side != scene.overall_side(axis) else 1
             convs += [[scene.position_question(o, axis, rng)] for _ in range(repeat)]
+            if rng.random() < a.phrase_fraction:  # the same object in people's phrasings (any axis/form)
+                convs.append([phrased("position", o)])
     convs.append([scene.question("colour", rng, obj=rng.choice(scene.objects))])  # the hardest lookup, again
     # captions of three or four objects, where a small model names one twice or skips one, twice
     captions = ("caption",) * (2 if len(scene.objects) >= 3 else 1)
     for kind in ("count", "bigger", "bigger", "text") + captions:
-        qa = scene.question(kind, rng)
+        qa = maybe_phrase(scene.question(kind, rng), kind)
         if qa:
             convs.append([qa])
+    if rng.random() < a.oos_fraction:
+        convs.append([phrased("outside")])
+    if scene.text is None and rng.random() < 0.2:
+        convs.append([phrased("text")])
+    kinds = ("shape", "colour", "count", "position", "position", "bigger", "text", "caption", "outside")
+    for _ in range(a.multi_turn):
+        conv, facts = [], None
+        for _ in range(rng.choice((2, 2, 3, 4))):
+            fu = ph.follow_up(facts, rng) if facts is not None and rng.random() < 0.5 else None
+            if fu is not None:
+                conv.append((scenes.vary(fu[0], rng), fu[1]))
+                facts = fu[2]
+                continue
+            kind = rng.choice(kinds)
+            if rng.random() < 0.3 and kind not in ("outside",):  # the fixed templates, in later turns too
+                qa, facts = scene.question(kind, rng), None
+            else:
+                r = ph.ask(kind, rng)
+                qa, facts = (None, None) if r is None else ((scenes.vary(r[0], rng), r[1]), r[2])
+            if qa is not None:
+                conv.append(qa)
+        if conv:
+            convs.append(conv)
     rng.shuffle(convs)
-    if rng.random() < a.two_turn_fraction and len(convs) >= 2:
-        i, j = rng.sample(range(len(convs)), 2)
-        convs.append(convs[i] + convs[j])
     return convs
 
 
@@ -425,7 +473,7 @@ def loss_fn(model, batch, aux_head=None) -> tuple[torch.Tensor, torch.Tensor]:
 # --------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def quick_eval(model, enc: Encoder, processor, n: int = 60, max_new: int = 24) -> dict:
+def quick_eval(model, enc: Encoder, processor, n: int = 60, max_new: int = 36) -> dict:
     model.eval()
     res = {}
     for kind in scenes.KINDS:
@@ -442,6 +490,19 @@ def quick_eval(model, enc: Encoder, processor, n: int = 60, max_new: int = 24) -
         if kind == "position":  # the shortcut's failures: the answer is not the side all objects lean to
             hard = [k for k, (s, q, ans) in enumerate(items) if against_overall(s, q, ans)]
             res["position_against_overall"] = sum(ok[k] for k in hard) / max(1, len(hard))
+    # held-out phrasings, first turn and later turn (scenes of their own, away from the final eval's)
+    for later in (False, True):
+        for kind in scenes.PHRASED_KINDS:
+            if kind == "followup" and not later:
+                continue
+            items = scenes.phrased_eval_items(kind, n // 2, later=later,
+                                              start=scenes.PHRASED_SEED_START + 500_000_000)
+            pixels = processor(images=[s.image for s, _, _, _ in items], return_tensors="pt")["pixel_values"]
+            prompts = [enc.prompt(q, history=h) for _, h, q, _ in items]
+            outs = greedy_batch(model, prompts, pixels, enc.tok.eos_token_id, enc.tok.pad_token_id, max_new)
+            texts = [enc.tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+            ok = [scenes.phrased_correct(kind, t, ans, s) for t, (s, _, _, ans) in zip(texts, items)]
+            res[("later_" if later else "ho_") + kind] = sum(ok) / len(ok)
     model.train()
     return res
 
@@ -490,7 +551,16 @@ def parse_args(argv=None):
                     help="instead of --steps: train for about this long (steps are estimated from the "
                          "speed of the first steps, so a run is NOT bit-reproducible this way)")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--two-turn-fraction", type=float, default=0.3)
+    ap.add_argument("--phrase-fraction", type=float, default=0.6,
+                    help="share of single questions asked in people's phrasings instead of the fixed templates")
+    ap.add_argument("--multi-turn", type=int, default=2, help="multi-turn chats per image (2-4 turns each)")
+    ap.add_argument("--oos-fraction", type=float, default=0.5,
+                    help="chance per image of an extra out-of-scope question (answered with scenes.OUT_OF_SCOPE_REPLY)")
+    ap.add_argument("--init", default=None,
+                    help="start from this trained model folder (its weights and tokenizer) instead of from scratch; "
+                         "use with --vision-steps 0")
+    ap.add_argument("--freeze-vision", action="store_true",
+                    help="keep the vision tower as it is (phase 2 trains the projector and the decoder)")
     ap.add_argument("--chat-fraction", type=float, default=0.02)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=200)
@@ -593,9 +663,20 @@ def main(argv=None) -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
-    tok = build_tokenizer()
     processor = build_image_processor(a.image_size)
-    model, n_img = build_model(tok, a)
+    if a.init:  # fine-tune a trained model: its tokenizer (unchanged) and weights
+        from transformers import AutoTokenizer, LlavaForConditionalGeneration
+
+        tok = AutoTokenizer.from_pretrained(a.init)
+        tok.chat_template = CHAT_TEMPLATE
+        model = LlavaForConditionalGeneration.from_pretrained(a.init, dtype=torch.float32)
+        n_img = model.config.image_seq_length
+        torch.manual_seed(a.seed)
+    else:
+        tok = build_tokenizer()
+        model, n_img = build_model(tok, a)
+    if a.freeze_vision:
+        model.model.vision_tower.requires_grad_(False)
     enc = Encoder(tok, n_img)
     enc.check(random.Random(a.seed + 1))
     n_params = sum(p.numel() for p in model.parameters())
@@ -609,7 +690,8 @@ def main(argv=None) -> None:
     t0 = time.time()
     if a.vision_steps:
         pretrain_vision(model, aux_head, rng, processor, a)
-    named = list(model.named_parameters()) + [("aux." + n, p) for n, p in aux_head.named_parameters()]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named += [("aux." + n, p) for n, p in aux_head.named_parameters()]
     opt = make_optimizer(named, a.lr, a.weight_decay)
     model.train()
     t1 = time.time()
@@ -618,8 +700,8 @@ def main(argv=None) -> None:
     ema = None
     step = 0
     while step < steps:
-        if budget_s is not None and step == 50:  # fix the step count from the measured speed
-            per = (time.time() - t1) / step
+        if budget_s is not None and step >= 50 and step % 50 == 0:  # the step count from the measured speed
+            per = (time.time() - t1) / step  # (re-estimated as it goes: a shared machine's speed varies)
             steps = max(step + 1, int(budget_s / per))
             print(f"{per:.3f} s/step -> {steps} steps", flush=True)
         lr_scale = min(1.0, (step + 1) / a.warmup)
@@ -652,6 +734,12 @@ def main(argv=None) -> None:
     print("final quick eval " + " ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
     meta = {"seed": a.seed, "steps": step, "threads": a.threads, "train_seconds": round(train_s),
             "torch": torch.__version__, "args": vars(a), "quick_eval": r}
+    if a.init:  # the run this one fine-tuned: its record stays part of the recipe
+        try:
+            with open(os.path.join(a.init, "training.json")) as f:
+                meta["init"] = json.load(f)
+        except OSError:
+            pass
     save(model.eval(), tok, processor, a.out, a, meta)
     print(f"saved to {a.out} after {train_s / 60:.1f} min", flush=True)
 

@@ -71,6 +71,61 @@ def test_greedy_parity_with_transformers(demo_pipe, kind):
     assert r.finish_reason == "stop"
 
 
+# ---- questions as people phrase them (issue 17) ----
+
+def test_heldout_phrasings_never_trained_on():
+    # scenes asserts this at import; the issue's own questions are part of the held-out set
+    scenes._check_disjoint()
+    held = {t for v in scenes.HELDOUT_PHRASINGS.values() for t, _ in v}
+    assert {"Where is the {ref}?", "What shape is at the {side}?", "describe this image"} <= held
+    assert scenes.normalize_answer("On the left.") == scenes.normalize_answer("left")
+    assert scenes.normalize_answer("There are 3") == "3"
+
+
+def _chat(scene, *turns):
+    """Messages: the image with the first question, then each (answer, question) pair."""
+    msgs = [{"role": "user", "content": [{"type": "image", "image": scene.image}, {"type": "text", "text": turns[0]}]}]
+    for answer, question in zip(turns[1::2], turns[2::2]):
+        msgs += [{"role": "assistant", "content": answer}, {"role": "user", "content": question}]
+    return msgs
+
+
+def test_heldout_phrasings_first_and_later_turns(demo_pipe):
+    """A sample of the eval's held-out phrasings (scripts/eval_demo_model.py scores 500 per type).
+    A regression guard at about the shipped model's level (76% of these 108; the model before
+    issue 17 got about 40%), not issue 17's targets, which it does not reach yet."""
+    items = [(kind, it) for kind in scenes.PHRASED_KINDS for later in (False, True)
+             for it in scenes.phrased_eval_items(kind, 6, later=later)]
+    convs = []
+    for _, (scene, history, q, _) in items:
+        msgs = []
+        for i, (hq, ha) in enumerate(history + [(q, None)]):
+            content = ([{"type": "image", "image": scene.image}] if i == 0 else []) + [{"type": "text", "text": hq}]
+            msgs.append({"role": "user", "content": content})
+            if ha is not None:
+                msgs.append({"role": "assistant", "content": ha})
+        convs.append(msgs)
+    got = [r.text.strip() for r in demo_pipe(convs, gen_config=GEN)]
+    ok = [scenes.phrased_correct(kind, t, it[3], it[0]) for t, (kind, it) in zip(got, items)]
+    assert sum(ok) >= 0.7 * len(ok), [(it[2], it[3], t) for good, t, (_, it) in zip(ok, got, items) if not good]
+
+
+def test_out_of_scope_questions_get_the_fixed_reply(demo_pipe):
+    scene = scenes.make_scene(SEEDS[3])
+    questions = ["What breed is the dog?", "What is the weather like?", "Who took this photo?"]
+    got = [r.text.strip() for r in demo_pipe([(q, scene.image) for q in questions], gen_config=GEN)]
+    assert got == [scenes.OUT_OF_SCOPE_REPLY] * len(questions)
+
+
+def test_later_turn_count(demo_pipe):
+    """Issue 17: a second-turn count on a four-object scene answered "3"."""
+    scene = next(s for s in map(scenes.make_scene, range(scenes.EVAL_SEED_START + 40, scenes.EVAL_SEED_START + 400))
+                 if len(s.objects) == 4)
+    colour_q = f"What colour is the {scene.objects[0].shape}?"
+    r = demo_pipe(_chat(scene, colour_q, scene.objects[0].colour, "How many shapes are there?"), gen_config=GEN)
+    assert scenes.normalize_answer(r.text) == "4"
+
+
 # ---- `seer run`, `seer chat` and `seer serve` without a model: the demo model, and they say so ----
 
 def _scene_file(tmp_path, seed=SEEDS[1]):
