@@ -47,7 +47,8 @@ def seer_child(quant: str, batch: int, npp: int, ntg: int) -> dict:
               max_num_batched_tokens=max(npp * batch, 512), max_model_len=npp + ntg + 8)
     prompts = [{"prompt_token_ids": [(7 * i + 13 * t) % 900 + 50 for t in range(npp)]} for i in range(batch)]
     params = SamplingParams(max_tokens=ntg, ignore_eos=True, temperature=0)
-    llm.generate(prompts[:1], SamplingParams(max_tokens=4, ignore_eos=True, temperature=0), use_tqdm=False)
+    warm = [{"prompt_token_ids": [(11 * t) % 900 + 60 for t in range(npp)]}]  # shares no prefix with the prompts
+    llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True, temperature=0), use_tqdm=False)
     t = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
     dt = time.perf_counter() - t

@@ -31,6 +31,9 @@
 #endif
 
 #define VW 16 /* floats per vector: 512 bits (two AVX2 registers where AVX-512 is missing) */
+/* Each row of W is prefetched this far ahead of its loads: quantised rows are short and read
+ * 16 bytes a step, too little in flight for the hardware prefetcher alone to keep up. */
+#define PREFETCH_BYTES 512
 #define MR 4
 #define NR 4
 
@@ -52,10 +55,14 @@ static inline vf vfma(vf a, vf b, vf c) {
 #endif
 }
 
-static inline float hsum(vf v) {
+static inline float hsum(vf v) { /* one fixed order: the same for every tile */
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
     float s = 0.f;
     for (int i = 0; i < VW; i++) s += v[i];
     return s;
+#endif
 }
 
 /* A weight format is five macros over the weight pointer w of a block of rows:
@@ -75,7 +82,10 @@ static inline float hsum(vf v) {
         int64_t k = 0;                                                                                \
         for (; k + VW <= K; k += VW) {                                                                \
             vf wv[NR], xv[MR];                                                                        \
-            for (int j = 0; j < nr; j++) wv[j] = WLOAD(j, k);                                         \
+            for (int j = 0; j < nr; j++) {                                                            \
+                WPREFETCH(j, k);                                                                      \
+                wv[j] = WLOAD(j, k);                                                                  \
+            }                                                                                         \
             for (int i = 0; i < mr; i++) xv[i] = load(x + i * K + k);                                 \
             for (int i = 0; i < mr; i++) /* fused multiply-adds (contraction is off in this file) */  \
                 for (int j = 0; j < nr; j++) acc[i][j] = vfma(xv[i], wv[j], acc[i][j]);               \
@@ -118,12 +128,14 @@ static inline float hsum(vf v) {
 
 /* fp32 weights (scales unused: NULL) */
 #define WLOAD(j, k) load(w + (j) * K + (k))
+#define WPREFETCH(j, k) /* 64 bytes a step: the hardware prefetcher keeps up */
 #define WAT(j, t) w[(j) * K + (t)]
 #define WROW(n) (w + (n) * K)
 #define SROWS(n) scales
 #define SCALE(j) 1.f
 DEFINE_KERNEL(seer_small_linear_f32, float)
 #undef WLOAD
+#undef WPREFETCH
 #undef WAT
 #undef SCALE
 
@@ -138,12 +150,14 @@ static inline vf load_q8(const int8_t *p) {
 #endif
 }
 #define WLOAD(j, k) load_q8(w + (j) * K + (k))
+#define WPREFETCH(j, k) __builtin_prefetch(w + (j) * K + (k) + PREFETCH_BYTES)
 #define WAT(j, t) (float)w[(j) * K + (t)]
 #define SCALE(j) scales[j]
 #undef SROWS
 #define SROWS(n) (scales + (n))
 DEFINE_KERNEL(seer_small_linear_q8, int8_t)
 #undef WLOAD
+#undef WPREFETCH
 #undef WAT
 #undef WROW
 #undef SROWS
@@ -168,6 +182,7 @@ static inline float q4_at(const uint8_t *row, const float *row_scales, int64_t t
 }
 #define WLOAD(j, k) \
     (load_q4(w + (j) * (K / 2) + ((k) / Q4_GROUP) * 16, ((k) / 16) & 1) * scales[(j) * (K / Q4_GROUP) + (k) / Q4_GROUP])
+#define WPREFETCH(j, k) __builtin_prefetch(w + (j) * (K / 2) + (k) / 2 + PREFETCH_BYTES)
 #define WAT(j, t) q4_at(w + (j) * (K / 2), scales + (j) * (K / Q4_GROUP), t)
 #define WROW(n) (w + (n) * (K / 2))
 #define SROWS(n) (scales + (n) * (K / Q4_GROUP))
