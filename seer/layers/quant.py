@@ -40,62 +40,11 @@ GROUP = 32  # int4: weights per scale
 ROWS_PER_BLOCK = 2048  # rows quantised at a time
 
 
-class _QuantLinear(nn.Module):
-    kernel = None  # the native kernel: (x, weight, scales, bias) -> y
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.bias = linear.bias
-        self.dtype = linear.weight.dtype  # what the rest of the model computes in
-
-    def dequantized(self) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 2 and x.shape[0] <= MAX_KERNEL_ROWS and x.dtype == torch.float32
-                and x.device.type == "cpu" and kernels.available()):
-            return type(self).kernel(x.contiguous(), self.qweight, self.scales, self.bias)
-        return F.linear(x, self.dequantized().to(self.dtype), self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}"
-
-
 def _by_rows(weight: torch.Tensor, fn) -> list:
     """``fn`` over blocks of the weight's rows (as fp32), so that quantising a large matrix (the LM
     head) never holds more than a block's temporaries; the outputs, concatenated per position."""
     parts = [fn(weight[i:i + ROWS_PER_BLOCK].detach().float()) for i in range(0, weight.shape[0], ROWS_PER_BLOCK)]
     return [torch.cat(p).contiguous() for p in zip(*parts)]
-
-
-class Int8Linear(_QuantLinear):
-    kernel = staticmethod(kernels.small_linear_q8)
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
-        q, scales = _by_rows(linear.weight, _int8_rows)
-        self.register_buffer("qweight", q)
-        self.register_buffer("scales", scales)
-
-    def dequantized(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales[:, None]
-
-
-class Int4Linear(_QuantLinear):
-    kernel = staticmethod(kernels.small_linear_q4)
-
-    def __init__(self, linear: nn.Linear):
-        super().__init__(linear)
-        packed, scales = _by_rows(linear.weight, _int4_rows)
-        self.register_buffer("qweight", packed)
-        self.register_buffer("scales", scales)
-
-    def dequantized(self) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        packed = self.qweight.reshape(n, k // GROUP, GROUP // 2)
-        q = torch.cat([packed & 15, packed >> 4], dim=2).float() - 8
-        return (q * self.scales[..., None]).reshape(n, k)
 
 
 def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,6 +62,51 @@ def _int4_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
     packed = q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)  # byte i: element i low, i + 16 high
     return packed.reshape(n, k // 2), scale
+
+
+class _QuantLinear(nn.Module):
+    kernel = None  # the native kernel: (x, weight, scales, bias) -> y
+    quantize_rows = None  # fp32 rows -> (quantised rows, their scales)
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.bias = linear.bias
+        self.dtype = linear.weight.dtype  # what the rest of the model computes in
+        qweight, scales = _by_rows(linear.weight, type(self).quantize_rows)
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scales", scales)
+
+    def dequantized(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.dim() == 2 and x.shape[0] <= MAX_KERNEL_ROWS and x.dtype == torch.float32
+                and x.device.type == "cpu" and kernels.available()):
+            return type(self).kernel(x.contiguous(), self.qweight, self.scales, self.bias)
+        return F.linear(x, self.dequantized().to(self.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Int8Linear(_QuantLinear):
+    kernel = staticmethod(kernels.small_linear_q8)
+    quantize_rows = staticmethod(_int8_rows)
+
+    def dequantized(self) -> torch.Tensor:
+        return self.qweight.float() * self.scales[:, None]
+
+
+class Int4Linear(_QuantLinear):
+    kernel = staticmethod(kernels.small_linear_q4)
+    quantize_rows = staticmethod(_int4_rows)
+
+    def dequantized(self) -> torch.Tensor:
+        n, k = self.out_features, self.in_features
+        packed = self.qweight.reshape(n, k // GROUP, GROUP // 2)
+        q = torch.cat([packed & 15, packed >> 4], dim=2).float() - 8
+        return (q * self.scales[..., None]).reshape(n, k)
 
 
 def _quantised(linear: nn.Linear, mode: str) -> _QuantLinear:
