@@ -224,6 +224,7 @@ class HFChatTemplate:
         source = template if template is not None else tokenizer.chat_template
         if isinstance(source, dict):
             source = "\n".join(str(v) for v in source.values())
+        self.source = source  # the jinja text (a tokenizer's named templates joined)
         if not source:
             raise ValueError("HFChatTemplate needs a tokenizer with a chat_template (or a template string)")
         self.handles_images = "image" in source

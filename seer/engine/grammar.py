@@ -133,6 +133,11 @@ class GrammarCompiler:
 
     def matcher(self, rf: dict):
         """A fresh matcher at the start of the grammar of ``rf`` (checked by check_response_format)."""
+        return self.compile(rf).deep_copy()
+
+    def compile(self, rf: dict):
+        """The cached compiled grammar of ``rf`` (compiled now if it is not cached): a ``ValueError``
+        names what does not compile. Never advance it; ``matcher`` gives a request its own copy."""
         import llguidance
 
         source = grammar_source(rf)
@@ -140,7 +145,7 @@ class GrammarCompiler:
             compiled = self._compiled.get(source)
             if compiled is not None:
                 self._compiled.move_to_end(source)
-                return compiled.deep_copy()
+                return compiled
             compiled = llguidance.LLMatcher(self._tokenizer(), source, log_level=0)
             if compiled.is_error():
                 raise ValueError(f"response_format ({rf['type']}) cannot be compiled: {compiled.get_error()}")
@@ -148,7 +153,7 @@ class GrammarCompiler:
             self._compiled[source] = compiled
             while len(self._compiled) > self.cache_size:
                 self._compiled.popitem(last=False)
-            return compiled.deep_copy()
+            return compiled
 
     def allowed_tokens(self, matchers: list, width: int) -> torch.Tensor:
         """Bool ``[len(matchers), width]``: the tokens each matcher allows next, computed for all

@@ -64,10 +64,7 @@ def _build() -> Optional[ctypes.CDLL]:
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
-    fn = lib.seer_small_linear
-    fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
-    for fn in (lib.seer_small_linear_q8, lib.seer_small_linear_q4):
+    for fn in (lib.seer_small_linear_f32, lib.seer_small_linear_q8, lib.seer_small_linear_q4):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
@@ -122,21 +119,14 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``x`` ``[M, K]`` with few rows; fp32, CPU, contiguous."""
-    M, K = x.shape
-    N = weight.shape[0]
-    out = torch.empty(M, N, dtype=x.dtype)
-    rc = _lib.seer_small_linear(x.data_ptr(), weight.data_ptr(), bias.data_ptr() if bias is not None else None,
-                                out.data_ptr(), M, K, N, torch.get_num_threads())
-    if rc != 0:
-        raise RuntimeError(f"native linear kernel failed (code {rc})")
-    return out
+    return _linear(_lib.seer_small_linear_f32, x, weight, None, bias)
 
 
 def small_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                     bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ (scales[:, None] * qweight).T + bias``: ``x`` ``[M, K]`` fp32, ``qweight`` ``[N, K]``
     int8, ``scales`` ``[N]`` fp32; CPU, contiguous."""
-    return _quantised(_lib.seer_small_linear_q8, x, qweight, scales, bias)
+    return _linear(_lib.seer_small_linear_q8, x, qweight, scales, bias)
 
 
 def small_linear_q4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
@@ -144,17 +134,19 @@ def small_linear_q4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
     """The same over 4-bit weights: ``packed`` ``[N, K // 2]`` uint8 (per group of 32 along K,
     16 bytes: element i in byte i's low nibble, element i + 16 in its high one, stored + 8),
     ``scales`` ``[N, K // 32]`` fp32; ``K`` a multiple of 32."""
-    return _quantised(_lib.seer_small_linear_q4, x, packed, scales, bias)
+    return _linear(_lib.seer_small_linear_q4, x, packed, scales, bias)
 
 
-def _quantised(fn, x, weight, scales, bias) -> torch.Tensor:
+def _linear(fn, x, weight, scales, bias) -> torch.Tensor:
+    """One of the tile kernels: ``fn(x, weight, scales or NULL, bias or NULL, out, M, K, N, threads)``."""
     M, K = x.shape
     N = weight.shape[0]
     out = torch.empty(M, N, dtype=x.dtype)
-    rc = fn(x.data_ptr(), weight.data_ptr(), scales.data_ptr(), bias.data_ptr() if bias is not None else None,
+    rc = fn(x.data_ptr(), weight.data_ptr(), scales.data_ptr() if scales is not None else None,
+            bias.data_ptr() if bias is not None else None,
             out.data_ptr(), M, K, N, torch.get_num_threads())
     if rc != 0:
-        raise RuntimeError(f"native quantised linear kernel failed (code {rc})")
+        raise RuntimeError(f"native linear kernel failed (code {rc})")
     return out
 
 

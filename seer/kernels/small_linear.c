@@ -188,8 +188,3 @@ static inline float q4_at(const uint8_t *row, const float *row_scales, int64_t t
 #define SROWS(n) (scales + (n) * (K / Q4_GROUP))
 #define SCALE(j) 1.f
 DEFINE_KERNEL(seer_small_linear_q4, uint8_t)
-
-int seer_small_linear(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K, int64_t N,
-                      int nthreads) {
-    return seer_small_linear_f32(x, w, 0, b, y, M, K, N, nthreads);
-}

@@ -32,11 +32,8 @@ def parser_name(pipe, requested: Optional[str] = None) -> str:
     template = pipe.family.chat_template
     if not (isinstance(template, HFChatTemplate) and template.reads_tools):
         return "json"  # the tools are described by seer, with its format
-    source = template.template or template.tokenizer.chat_template
-    if isinstance(source, dict):
-        source = "\n".join(str(v) for v in source.values())
     model_type = getattr(pipe.family.text_config, "model_type", None)
-    return default_parser(source, model_type)
+    return default_parser(template.source, model_type)
 
 
 class ToolPlan:
