@@ -127,6 +127,16 @@ def test_the_template_decides_the_parser_and_shows_the_tools(tiny_llava, hermes_
         assert "<tools>" in text and '"name": "add"' in text
 
 
+def test_a_template_without_call_markers_falls_back_to_the_model_type(tmp_path):
+    path = tm.build_text_model(str(tmp_path / "qwen2-plain"), "qwen2")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = ("{% if tools %}{{ tools | tojson }}\n{% endif %}"
+                         "{% for m in messages %}{{ m.content }}{% endfor %}")
+    tok.save_pretrained(path)
+    with pipeline(path) as pipe:
+        assert parser_name(pipe) == "hermes"  # Qwen's format, from the config's model_type
+
+
 @pytest.mark.parametrize("which", ["llava", "hermes"])
 def test_forced_calls_always_parse_into_valid_arguments(which, llava_server, hermes_server):
     client = _client(llava_server if which == "llava" else hermes_server)

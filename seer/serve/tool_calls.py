@@ -32,7 +32,7 @@ def parser_name(pipe, requested: Optional[str] = None) -> str:
     template = pipe.family.chat_template
     if not (isinstance(template, HFChatTemplate) and template.reads_tools):
         return "json"  # the tools are described by seer, with its format
-    model_type = getattr(pipe.family.text_config, "model_type", None)
+    model_type = getattr(pipe.family.text_config(), "model_type", None)
     return default_parser(template.source, model_type)
 
 
