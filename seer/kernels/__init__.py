@@ -3,11 +3,12 @@
 - ``paged_decode`` answers one query token per sequence straight from the paged KV cache,
   reading every key and value once, in place.
 - ``small_linear`` is the decode-step matmul (a few rows times a weight): it streams the
-  weight once at memory speed, where BLAS repacks it on every call; ``small_linear_q8`` is
-  the same over int8 weights with a scale per output row, ``small_linear_q4`` over 4-bit weights
-  with a scale per group of 32 (``EngineConfig(quantization="int8" | "int4")``).
+  weight once at memory speed, where BLAS repacks it on every call.
+- ``int_linear_q8`` and ``int_linear_q4`` multiply by quantised weights
+  (``EngineConfig(quantization="int8" | "int4")``) in integer arithmetic: each row of the input
+  is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).
 
-Both are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
+They are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
 ``~/.cache/seer``) the first time they are needed; where no compiler is found, or
 ``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the callers use torch instead,
 which gives the same results up to float rounding.
@@ -29,7 +30,9 @@ import torch
 
 log = logging.getLogger("seer.kernels")
 
-_SRCS = [os.path.join(os.path.dirname(__file__), f) for f in ("paged_attention.c", "small_linear.c")]
+_DIR = os.path.dirname(__file__)
+_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c")]
+_HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h")]
 # Rows up to which small_linear beats BLAS on these CPUs (measured: benchmarks/BENCHMARKS.md).
 SMALL_LINEAR_MAX_ROWS = 16
 _lock = threading.Lock()
@@ -46,25 +49,21 @@ def _build() -> Optional[ctypes.CDLL]:
     if cc is None:
         log.info("no C compiler found: using the torch attention path")
         return None
-    src = b"".join(open(p, "rb").read() for p in _SRCS)
-    base = ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared"]
-    lib = None
-    # With OpenMP the kernels run on torch's own threads (its libgomp.so.1 is already loaded);
-    # a compiler (or a libgomp) without it gets them single-threaded.
-    for flags in (base + ["-fopenmp"], base):
-        out = _compile(cc, flags, src)
-        try:
-            lib = ctypes.CDLL(out) if out else None
-        except OSError as e:
-            log.warning("loading %s failed: %s", out, e)
-        if lib is not None:
-            break
+    src = b"".join(open(p, "rb").read() for p in _SRCS + _HEADERS)
+    out = _compile(cc, ["-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-pthread"], src)
+    try:
+        lib = ctypes.CDLL(out) if out else None
+    except OSError as e:
+        log.warning("loading %s failed: %s", out, e)
+        return None
     if lib is None:
         return None
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
-    for fn in (lib.seer_small_linear_f32, lib.seer_small_linear_q8, lib.seer_small_linear_q4):
+    lib.seer_small_linear_f32.restype = ctypes.c_int
+    lib.seer_small_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    for fn in (lib.seer_int_linear_q8, lib.seer_int_linear_q4):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     return lib
@@ -119,32 +118,34 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``x`` ``[M, K]`` with few rows; fp32, CPU, contiguous."""
-    return _linear(_lib.seer_small_linear_f32, x, weight, None, bias)
+    return _linear(_lib.seer_small_linear_f32, x, weight, bias)
 
 
-def small_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                    bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``x @ (scales[:, None] * qweight).T + bias``: ``x`` ``[M, K]`` fp32, ``qweight`` ``[N, K]``
-    int8, ``scales`` ``[N]`` fp32; CPU, contiguous."""
-    return _linear(_lib.seer_small_linear_q8, x, qweight, scales, bias)
+# q8's dot products are exact in int32 up to this input width (255 * 127 * K < 2**31).
+INT_LINEAR_MAX_K = 65536
 
 
-def small_linear_q4(x: torch.Tensor, packed: torch.Tensor, scales: torch.Tensor,
-                    bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """The same over 4-bit weights: ``packed`` ``[N, K // 2]`` uint8 (per group of 32 along K,
-    16 bytes: element i in byte i's low nibble, element i + 16 in its high one, stored + 8),
-    ``scales`` ``[N, K // 32]`` fp32; ``K`` a multiple of 32."""
-    return _linear(_lib.seer_small_linear_q4, x, packed, scales, bias)
+def int_linear_q8(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
+                  out_features: int) -> torch.Tensor:
+    """``x @ W.T + bias`` with ``x`` ``[M, K]`` fp32 rounded to int8 per row, ``W`` int8 with a scale
+    per row, in the kernel's layout (``seer.layers.quant`` writes it; int_linear.c describes it);
+    CPU, contiguous; ``K <= INT_LINEAR_MAX_K``."""
+    return _linear(_lib.seer_int_linear_q8, x, qweight, bias, scales, n=out_features)
 
 
-def _linear(fn, x, weight, scales, bias) -> torch.Tensor:
-    """One of the tile kernels: ``fn(x, weight, scales or NULL, bias or NULL, out, M, K, N, threads)``."""
+def int_linear_q4(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: Optional[torch.Tensor],
+                  out_features: int) -> torch.Tensor:
+    """The same over 4-bit weights with a scale per 32 columns; ``K`` a multiple of 32."""
+    return _linear(_lib.seer_int_linear_q4, x, qweight, bias, scales, n=out_features)
+
+
+def _linear(fn, x, weight, bias, *scales, n=None) -> torch.Tensor:
+    """One of the tile kernels: ``fn(x, weight, [scales,] bias or NULL, out, M, K, N, threads)``."""
     M, K = x.shape
-    N = weight.shape[0]
+    N = weight.shape[0] if n is None else n
     out = torch.empty(M, N, dtype=x.dtype)
-    rc = fn(x.data_ptr(), weight.data_ptr(), scales.data_ptr() if scales is not None else None,
-            bias.data_ptr() if bias is not None else None,
-            out.data_ptr(), M, K, N, torch.get_num_threads())
+    rc = fn(x.data_ptr(), weight.data_ptr(), *(s.data_ptr() for s in scales),
+            bias.data_ptr() if bias is not None else None, out.data_ptr(), M, K, N, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native linear kernel failed (code {rc})")
     return out

@@ -10,12 +10,15 @@
  *   table  [B, max_blocks]  int64 block ids
  *   lens   [B]              int64 context lengths (>= 1)
  *   out    [B, Hq, D]
- * Work is split over (sequence, slice of kv heads) items across `nthreads` OpenMP threads.
+ * Work is split over (sequence, slice of kv heads) items across `nthreads` threads (pool.c).
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool.h"
 
 typedef struct {
     const float *q, *kc, *vc;
@@ -25,6 +28,7 @@ typedef struct {
     float scale;
     int64_t splits;      /* kv-head slices per sequence */
     int64_t first, last; /* [first, last) over B * splits work items */
+    _Atomic int failed;
 } job_t;
 
 /* Sequence b, kv heads [h0, h1): tokens in the outer loop so each token's rows for these
@@ -66,8 +70,7 @@ static void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1, float *s
 
 /* Work items: (sequence, slice of kv heads); a sequence is split into `splits` slices so
  * that small batches still keep every thread busy. */
-static void *run(const void *arg) {
-    const job_t *j = (const job_t *)arg;
+static void *run(const job_t *j) {
     int64_t maxlen = 1;
     for (int64_t b = 0; b < j->B; b++) maxlen = j->lens[b] > maxlen ? j->lens[b] : maxlen;
     float *scores = (float *)malloc(sizeof(float) * maxlen * j->Hq);
@@ -78,6 +81,13 @@ static void *run(const void *arg) {
     }
     free(scores);
     return NULL;
+}
+
+static void task(void *arg, int t, int n) {
+    job_t j = *(job_t *)arg;
+    j.first = seer_split(j.last, t, n);
+    j.last = seer_split(j.last, t + 1, n);
+    if (run(&j) != NULL) atomic_store(&((job_t *)arg)->failed, 1);
 }
 
 int seer_paged_decode(const float *q, const float *kc, const float *vc, const int64_t *table,
@@ -91,13 +101,7 @@ int seer_paged_decode(const float *q, const float *kc, const float *vc, const in
     while (B * splits < 2 * nthreads && splits < Hkv) splits++;
     const int64_t items = B * splits;
     if (nthreads > items) nthreads = (int)items;
-    int failed = 0;
-    /* On torch's OpenMP threads (see small_linear.c); serial where built without OpenMP. */
-#pragma omp parallel for schedule(static) num_threads(nthreads) reduction(| : failed)
-    for (int i = 0; i < nthreads; i++) {
-        const job_t job = {q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, splits,
-                           items * i / nthreads, items * (i + 1) / nthreads};
-        failed |= run(&job) != NULL;
-    }
-    return failed ? -2 : 0;
+    const job_t job = {q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, splits, 0, items, 0};
+    seer_parallel(nthreads, task, (void *)&job);
+    return atomic_load(&job.failed) ? -2 : 0;
 }

@@ -1,22 +1,23 @@
-"""Weight-only quantisation of the decoder's linear layers, made at load time.
+"""Quantised weights for the decoder's linear layers, made at load time.
 
 ``EngineConfig(quantization=...)`` replaces every ``seer.layers.linear.Linear`` (the decoder's
 projections) by a quantised layer, and the LM head computes its logits from such a copy too
 (its fp32 weight stays only where the embedding shares it). The vision tower and the embedding
-stay as they are; activations stay fp32.
+stay as they are.
 
 - ``"int8"``: ``Int8Linear``, the weight rounded to int8 with one fp32 scale per output row
   (symmetric, ``scale = max|row| / 127``): a quarter of fp32's bytes.
 - ``"int4"``: ``Int4Linear``, 4 bits with one fp32 scale per group of 32 weights along the input
   (as llama.cpp's q4_0: values -8..7, the group's largest-magnitude weight at -8 exactly): an
-  eighth of fp32's bytes plus the scales (5 bits a weight in all). A layer whose input width is not a multiple of
-  32 gets int8 instead.
+  eighth of fp32's bytes plus the scales (5 bits a weight in all). A layer whose input width is
+  not a multiple of 32 gets int8 instead.
 
-Up to ``MAX_KERNEL_ROWS`` rows on CPU (decode steps, small prefill chunks) go to the native
-kernels, which stream the quantised weight once and convert it in registers; more rows (prefill)
-and other devices multiply by the weight dequantised for that call. A row's result does not
-depend on the other rows (the kernels compute each dot product alone, in one order), so a batch
-gives each request what it gets alone.
+Both are stored in the kernels' own layout (blocks of 32 rows, see below). On CPU the native kernels (``seer.kernels.int_linear_q8`` / ``_q4``) multiply in integers: each
+row of the input is rounded to int8 with a scale of its own (dynamic per-token quantisation, as
+vLLM's W8A8 and llama.cpp's q8_0 do), and the weight is streamed once and never converted to
+floats. Each row's result comes from that row alone, so a batch gives every request what it gets
+alone, for prefill and decode alike. Elsewhere (CUDA, no C compiler) the layer multiplies fp
+activations by the weight dequantised for the call: that saves memory, not time.
 """
 
 from __future__ import annotations
@@ -32,12 +33,9 @@ from .linear import Linear
 from .vocab import ParallelLMHead
 
 QUANTIZATIONS = (None, "int8", "int4")
-# Rows up to which the native kernels run; past it (long prefill chunks) the weight is dequantised
-# for the call, a cost the many rows share. Decode batches stay on the kernels: dequantising every
-# weight every step would cost more than the matmuls.
-MAX_KERNEL_ROWS = 256
 GROUP = 32  # int4: weights per scale
-ROWS_PER_BLOCK = 2048  # rows quantised at a time
+NB = 32  # rows per block of the kernels' layout (int_linear.c)
+ROWS_PER_BLOCK = 2048  # rows quantised at a time (a multiple of NB)
 
 
 def _by_rows(weight: torch.Tensor, fn) -> list:
@@ -47,21 +45,52 @@ def _by_rows(weight: torch.Tensor, fn) -> list:
     return [torch.cat(p).contiguous() for p in zip(*parts)]
 
 
+def _pad_rows(t: torch.Tensor, value) -> torch.Tensor:
+    """``t`` with rows of ``value`` added up to a whole block of NB rows."""
+    return F.pad(t, (0, 0) * (t.dim() - 1) + (0, -t.shape[0] % NB), value=value)
+
+
+# The kernels' layout (int_linear.c): rows in blocks of NB; int8, within a block the NB rows' weights
+# of 4 consecutive columns side by side; int4, per group of 32 columns, per pair of 4-column steps
+# c, per half v of the block, row r and column t, the low nibble holds column 8c + t and the high
+# one 8c + 4 + t. Tensors keep ``[rows, ...]`` shapes (so blocks concatenate) over those bytes.
+
 def _int8_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = w.shape[1]
     scale = w.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / 127.0
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8), scale
+    q = (torch.round(w / scale[:, None]).clamp(-127, 127) + 128).to(torch.uint8)  # + 128: unsigned operand
+    q = _pad_rows(F.pad(q, (0, -k % 4), value=128), 128)
+    packed = q.reshape(-1, NB, q.shape[1] // 4, 4).transpose(1, 2)  # [block, step, row, 4]
+    return packed.reshape(q.shape), _pad_rows(scale, 0.0)
+
+
+def _int8_unpack(qweight: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    rows, kp = qweight.shape
+    return qweight.reshape(-1, kp // 4, NB, 4).transpose(1, 2).reshape(rows, kp)[:n, :k]
 
 
 def _int4_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, k = w.shape
-    w = w.reshape(n, k // GROUP, GROUP)
+    g = k // GROUP
+    w = w.reshape(n, g, GROUP)
     # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
     peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
     tiny = torch.finfo(torch.float32).tiny
     scale = torch.where(peak.abs() < tiny, torch.full_like(peak, tiny), peak / -8.0)
-    q = (torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8)
-    packed = q[..., :GROUP // 2] | (q[..., GROUP // 2:] << 4)  # byte i: element i low, i + 16 high
-    return packed.reshape(n, k // 2), scale
+    q = _pad_rows((torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8), 8)
+    q = q.reshape(-1, 2, NB // 2, g, 4, 2, 4)  # [block, v, r, group, c, low/high, t]
+    packed = (q[..., 0, :] | (q[..., 1, :] << 4)).permute(0, 3, 4, 1, 2, 5)  # [block, group, c, v, r, t]
+    scale = _pad_rows(scale, 0.0).reshape(-1, NB, g).transpose(1, 2)  # [block, group, row]
+    return packed.reshape(-1, k // 2), scale.reshape(-1, g)
+
+
+def _int4_unpack(qweight: torch.Tensor, scales: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    g = k // GROUP
+    packed = qweight.reshape(-1, g, 4, 2, NB // 2, 4)  # [block, group, c, v, r, t]
+    q = torch.stack([packed & 15, packed >> 4], dim=-2)  # [..., r, low/high, t]
+    q = q.permute(0, 3, 4, 1, 2, 5, 6).reshape(-1, k)[:n].float() - 8  # [block, v, r, group, c, h, t]
+    s = scales.reshape(-1, g, NB).transpose(1, 2).reshape(-1, g)[:n]
+    return (q.reshape(n, g, GROUP) * s[..., None]).reshape(n, k)
 
 
 class _QuantLinear(nn.Module):
@@ -81,9 +110,9 @@ class _QuantLinear(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (x.dim() == 2 and x.shape[0] <= MAX_KERNEL_ROWS and x.dtype == torch.float32
-                and x.device.type == "cpu" and kernels.available()):
-            return type(self).kernel(x.contiguous(), self.qweight, self.scales, self.bias)
+        if (x.dim() == 2 and x.dtype == torch.float32 and x.device.type == "cpu"
+                and self.in_features <= kernels.INT_LINEAR_MAX_K and kernels.available()):
+            return type(self).kernel(x.contiguous(), self.qweight, self.scales, self.bias, self.out_features)
         return F.linear(x, self.dequantized().to(self.dtype), self.bias)
 
     def extra_repr(self) -> str:
@@ -91,22 +120,20 @@ class _QuantLinear(nn.Module):
 
 
 class Int8Linear(_QuantLinear):
-    kernel = staticmethod(kernels.small_linear_q8)
+    kernel = staticmethod(kernels.int_linear_q8)
     quantize_rows = staticmethod(_int8_rows)
 
     def dequantized(self) -> torch.Tensor:
-        return self.qweight.float() * self.scales[:, None]
+        n = self.out_features
+        return (_int8_unpack(self.qweight, n, self.in_features).float() - 128) * self.scales[:n, None]
 
 
 class Int4Linear(_QuantLinear):
-    kernel = staticmethod(kernels.small_linear_q4)
+    kernel = staticmethod(kernels.int_linear_q4)
     quantize_rows = staticmethod(_int4_rows)
 
     def dequantized(self) -> torch.Tensor:
-        n, k = self.out_features, self.in_features
-        packed = self.qweight.reshape(n, k // GROUP, GROUP // 2)
-        q = torch.cat([packed & 15, packed >> 4], dim=2).float() - 8
-        return (q * self.scales[..., None]).reshape(n, k)
+        return _int4_unpack(self.qweight, self.scales, self.out_features, self.in_features)
 
 
 def _quantised(linear: nn.Linear, mode: str) -> _QuantLinear:

@@ -1,0 +1,48 @@
+/* The vector types and helpers the linear kernels share: 512-bit vectors as GCC vector
+ * extensions (AVX-512 instructions where the CPU has them, two AVX2 registers or scalar code
+ * elsewhere). Each helper does its lanes in one fixed order, the same in every tile. */
+#ifndef SEER_VEC_H
+#define SEER_VEC_H
+#include <stdint.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define VW 16 /* 32-bit lanes per vector */
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+
+static inline vf loadf(const float *p) {
+    vf v;
+    memcpy(&v, p, sizeof v); /* unaligned */
+    return v;
+}
+
+static inline vi loadi(const void *p) {
+    vi v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline vf vfma(vf a, vf b, vf c) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#else
+    vf r;
+    for (int i = 0; i < VW; i++) r[i] = __builtin_fmaf(a[i], b[i], c[i]);
+    return r;
+#endif
+}
+
+static inline float hsum(vf v) {
+#if defined(__AVX512F__)
+    return _mm512_reduce_add_ps((__m512)v);
+#else
+    float s = 0.f;
+    for (int i = 0; i < VW; i++) s += v[i];
+    return s;
+#endif
+}
+
+#endif
