@@ -195,6 +195,32 @@ def test_small_linear_equals_torch(M, K, N, bias):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("T,D", [(1, 768), (5, 37), (300, 192)])
+def test_native_rms_norm_equals_torch(T, D):
+    g = torch.Generator().manual_seed(T)
+    x, w = 3 * torch.randn(T, 2 * D, generator=g), torch.randn(D, generator=g)
+    want = torch.nn.functional.rms_norm(x[:, :D], (D,), w, 1e-6)
+    torch.testing.assert_close(kernels.rms_norm(x[:, :D], w, 1e-6), want, rtol=1e-6, atol=2e-6)  # rows strided
+    assert torch.equal(kernels.rms_norm(x[:, :D].contiguous(), w, 1e-6), kernels.rms_norm(x[:, :D], w, 1e-6))
+    if T > 1:  # columns are not rows: the caller takes the torch path
+        assert kernels.rms_norm(x[:, :D].t(), w[:T], 1e-6) is None
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("T,H,D", [(1, 12, 64), (7, 4, 32), (300, 2, 128)])
+def test_native_rotary_is_bitwise_the_operators(T, H, D):
+    from seer.layers.rotary import apply_rotary, rotate_half
+
+    g = torch.Generator().manual_seed(T)
+    qkv = torch.randn(T, (2 * H + 1) * D, generator=g)  # q and k: column slices of a fused projection
+    q, k = qkv[:, :H * D].view(T, H, D), qkv[:, H * D:2 * H * D].view(T, H, D)
+    cos, sin = torch.randn(T, 1, D, generator=g), torch.randn(T, 1, D, generator=g)
+    got_q, got_k = apply_rotary(q, k, cos, sin)
+    assert torch.equal(got_q, q * cos + rotate_half(q) * sin) and torch.equal(got_k, k * cos + rotate_half(k) * sin)
+    assert kernels.rotary(q, torch.randn(T, 1, 2 * D)[..., ::2], sin) is None  # a layout it does not take
+
+
 def test_torch_path_without_native_kernels(tiny_llava, monkeypatch):
     """Where no C compiler exists (or on CUDA) the torch paths run: same tokens as transformers."""
     import tiny_models as tm

@@ -31,10 +31,10 @@ import torch
 log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
-_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c")]
+_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c")]
 _HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h")]
 # Rows up to which small_linear beats BLAS on these CPUs (measured: benchmarks/BENCHMARKS.md).
-SMALL_LINEAR_MAX_ROWS = 16
+SMALL_LINEAR_MAX_ROWS = 64
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -63,6 +63,12 @@ def _build() -> Optional[ctypes.CDLL]:
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
     lib.seer_small_linear_f32.restype = ctypes.c_int
     lib.seer_small_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.seer_rms_norm.restype = None
+    lib.seer_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                  ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
+    lib.seer_rotary.restype = None
+    lib.seer_rotary.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [
+        ctypes.c_int]
     for fn in (lib.seer_int_linear_q8, lib.seer_int_linear_q4):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
@@ -148,6 +154,36 @@ def _linear(fn, x, weight, bias, *scales, n=None) -> torch.Tensor:
             bias.data_ptr() if bias is not None else None, out.data_ptr(), M, K, N, torch.get_num_threads())
     if rc != 0:
         raise RuntimeError(f"native linear kernel failed (code {rc})")
+    return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> Optional[torch.Tensor]:
+    """``F.rms_norm(x, (D,), weight, eps)`` for fp32 ``x`` on CPU, contiguous or ``[T, D]`` with
+    contiguous rows; None where the kernel does not apply."""
+    D = x.shape[-1]
+    if x.is_contiguous():
+        stride = D
+    elif x.dim() == 2 and x.stride(1) == 1:
+        stride = x.stride(0)
+    else:
+        return None
+    out = torch.empty(x.shape, dtype=x.dtype)
+    _lib.seer_rms_norm(x.data_ptr(), stride, weight.data_ptr(), out.data_ptr(), x.numel() // D, D, eps,
+                       torch.get_num_threads())
+    return out
+
+
+def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x * cos + rotate_half(x) * sin`` for ``x`` ``[T, H, D]`` fp32 on CPU with contiguous heads
+    (a column slice of a fused projection is fine) and ``cos``/``sin`` ``[T, 1, D]`` contiguous;
+    None where the kernel does not apply."""
+    T, H, D = x.shape
+    if (x.stride(2) != 1 or x.stride(1) != D or D % 2 or cos.shape != (T, 1, D) or sin.shape != (T, 1, D)
+            or not cos.is_contiguous() or not sin.is_contiguous() or cos.dtype != x.dtype or sin.dtype != x.dtype):
+        return None
+    out = torch.empty(T, H, D, dtype=x.dtype)
+    _lib.seer_rotary(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, H, D,
+                     torch.get_num_threads())
     return out
 
 

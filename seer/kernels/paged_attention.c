@@ -96,7 +96,7 @@ int seer_paged_decode(const float *q, const float *kc, const float *vc, const in
     if (nthreads < 1) nthreads = 1;
     int64_t total = 0; /* keys to read, summed over sequences */
     for (int64_t b = 0; b < B; b++) total += lens[b];
-    if (total * Hkv * D < (int64_t)1 << 18) nthreads = 1; /* not worth waking the other threads */
+    if (total * Hkv * D < (int64_t)1 << 15) nthreads = 1; /* not worth waking the other threads */
     int64_t splits = 1;
     while (B * splits < 2 * nthreads && splits < Hkv) splits++;
     const int64_t items = B * splits;

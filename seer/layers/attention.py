@@ -62,8 +62,10 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
     gqa = q.shape[1] != hkv
-    out = torch.empty_like(q)
     nd = meta.num_decode
+    if nd == q.shape[0] and meta.decode_mask is None and not meta.prefills:  # a decode step: no copies
+        return kernels.paged_decode(q.contiguous(), k_cache, v_cache, meta.decode_blocks, meta.decode_lens, scale)
+    out = torch.empty_like(q)
     if nd and meta.decode_mask is None:
         out[:nd] = kernels.paged_decode(q[:nd].contiguous(), k_cache, v_cache, meta.decode_blocks,
                                         meta.decode_lens, scale)

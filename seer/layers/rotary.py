@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import kernels
+
 
 def rope_inv_freq(hf_text_config, head_dim: int) -> tuple[torch.Tensor, float]:
     """Inverse frequencies and the attention scaling factor, exactly as transformers computes them."""
@@ -79,5 +81,10 @@ class MRotaryEmbedding(nn.Module):
 
 
 def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-    """q ``[T, Hq, D]``, k ``[T, Hk, D]``; returns both rotated."""
+    """q ``[T, Hq, D]``, k ``[T, Hk, D]``; returns both rotated. On CPU in fp32, one native call
+    each (bitwise the same as the operators)."""
+    if q.device.type == "cpu" and q.dtype == torch.float32 and q.numel() and kernels.available():
+        qr, kr = kernels.rotary(q, cos, sin), kernels.rotary(k, cos, sin)
+        if qr is not None and kr is not None:
+            return qr, kr
     return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
