@@ -1,7 +1,9 @@
 """The engine loop: aborts free their blocks, failures stay local, close() never hangs a waiter."""
 
+import os
 import queue
 import threading
+import time
 
 import pytest
 import torch
@@ -193,6 +195,47 @@ def test_small_linear_equals_torch(M, K, N, bias):
     b = torch.randn(N, generator=g) if bias else None
     torch.testing.assert_close(kernels.small_linear(x, w, b), torch.nn.functional.linear(x, w, b),
                                rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not kernels.available() or not hasattr(os, "fork"), reason="no native kernels or no fork")
+def test_native_kernels_work_in_a_forked_child_and_from_threads():
+    """The kernels' thread pool: a child forked after the parent started its workers starts its own
+    (no deadlock waiting for threads fork did not copy), and callers on several threads each get
+    their own results."""
+    torch.set_num_threads(2)
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(8, 256, generator=g), torch.randn(512, 256, generator=g)  # big enough for 2 threads
+    want = torch.nn.functional.linear(x, w)
+    torch.testing.assert_close(kernels.small_linear(x, w, None), want, rtol=1e-5, atol=1e-4)
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the kernel returns the right answer
+        ok = torch.allclose(kernels.small_linear(x, w, None), want, rtol=1e-5, atol=1e-4)
+        os._exit(0 if ok else 1)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("a forked child's kernel call hung")
+    assert os.waitstatus_to_exitcode(status) == 0
+    results = [None] * 4
+    xs = [torch.randn(8, 256, generator=g) for _ in results]
+
+    def call(i):
+        for _ in range(50):
+            results[i] = kernels.small_linear(xs[i], w, None)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for xi, r in zip(xs, results):
+        torch.testing.assert_close(r, torch.nn.functional.linear(xi, w), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
