@@ -53,6 +53,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", default=None, choices=("int8", "int4"),
                    help="weight-only quantisation of the decoder, made at load (int8: a scale per output row; "
                         "int4: a scale per 32 weights)")
+    g.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=("auto", "bfloat16", "bf16"),
+                   help="what the KV cache stores: the model's dtype (auto) or bfloat16 (half fp32's bytes)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")
     g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
                    help="tensor-parallel ranks, one process each (default 1)")
@@ -79,6 +81,7 @@ def engine_configs(args) -> tuple[EngineConfig, VisionConfig, Optional[ChatTempl
                         enable_prefix_caching=args.enable_prefix_caching,
                         max_prefill_token_num=args.max_prefill_token_num, num_gpu_blocks=args.num_gpu_blocks,
                         dtype=args.dtype, device=args.device, tp=args.tp, quantization=args.quantization,
+                        kv_cache_dtype=args.kv_cache_dtype,
                         distributed_executor_backend=args.distributed_executor_backend,
                         max_queued_requests=getattr(args, "max_queued_requests", None))
     vcfg = VisionConfig(max_batch_size=args.vision_max_batch_size, vision_tower_path=args.vision_tower_path,

@@ -191,6 +191,10 @@ class EngineConfig:
     # decoder's linear layers and the LM head: "int8" (a scale per output row), "int4" (a scale per 32
     # weights); None: the checkpoint's dtype.
     quantization: Optional[str] = None
+    # What the KV cache stores: "auto" (the model's dtype) or "bfloat16" (half the bytes of fp32: decode
+    # attention, which reads the whole cache every step, reads half as much; keys and values are
+    # rounded to bf16 wherever attention reads them, so chunking and batching still agree).
+    kv_cache_dtype: str = "auto"
     # LMDeploy's other fields: mapped where they mean something here, accepted with their
     # do-nothing values where they do not, refused (ValueError) where the feature is missing.
     device_type: Optional[str] = None  # "cuda" or "cpu": what ``device`` says (when device is None)
@@ -223,6 +227,10 @@ class EngineConfig:
                self.distributed_executor_backend, "'mp' (local processes) or 'ray' (Ray actors)")
         _check(self.quantization in (None, "int8", "int4"), "quantization", self.quantization,
                "None, 'int8' or 'int4' (weight-only, quantised at load; quantised checkpoints are not supported)")
+        if self.kv_cache_dtype == "bf16":
+            self.kv_cache_dtype = "bfloat16"
+        _check(self.kv_cache_dtype in ("auto", "bfloat16"), "kv_cache_dtype", self.kv_cache_dtype,
+               "'auto' (the model's dtype) or 'bfloat16' ('bf16')")
         _check(self.num_gpu_blocks is None or self.num_gpu_blocks >= 1, "num_gpu_blocks",
                self.num_gpu_blocks, "None or an integer >= 1")
         _check(self.device_type in (None, "cuda", "cpu"), "device_type", self.device_type,

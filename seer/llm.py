@@ -169,7 +169,8 @@ class LLM:
     """vLLM's ``LLM``. Engine arguments with a meaning here: ``max_model_len``, ``dtype``,
     ``max_num_seqs``, ``max_num_batched_tokens``, ``block_size``, ``enable_prefix_caching``,
     ``gpu_memory_utilization``, ``tensor_parallel_size``, ``distributed_executor_backend`` ("mp" or "ray"),
-    ``quantization`` (None, "int8" or "int4": weight-only, made at load), ``limit_mm_per_prompt``, ``seed``,
+    ``quantization`` (None, "int8" or "int4": made at load), ``kv_cache_dtype`` ("auto" or "bfloat16"),
+    ``limit_mm_per_prompt``, ``seed``,
     ``mm_processor_kwargs`` (``min_pixels`` / ``max_pixels``); the others of ``_NO_EFFECT_ARGS``
     are accepted and ignored; anything else is a ``ValueError``."""
 
@@ -179,13 +180,13 @@ class LLM:
                  tensor_parallel_size: int = 1, max_num_batched_tokens: Optional[int] = None,
                  block_size: Optional[int] = None, mm_processor_kwargs: Optional[dict] = None,
                  distributed_executor_backend: Optional[str] = None, quantization: Optional[str] = None,
-                 **kwargs):
+                 kv_cache_dtype: str = "auto", **kwargs):
         unknown = sorted(set(kwargs) - _NO_EFFECT_ARGS)
         if unknown:
             raise ValueError(f"LLM() got unsupported argument(s) {unknown}; accepted: max_model_len, dtype, seed, "
                              "max_num_seqs, max_num_batched_tokens, block_size, enable_prefix_caching, "
                              "gpu_memory_utilization, tensor_parallel_size, distributed_executor_backend, "
-                             "quantization, limit_mm_per_prompt, "
+                             "quantization, kv_cache_dtype, limit_mm_per_prompt, "
                              f"mm_processor_kwargs, and (no effect here) {sorted(_NO_EFFECT_ARGS)}")
         if dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype={dtype!r} is invalid: one of 'auto', 'float32', 'bfloat16', 'float16'")
@@ -200,7 +201,7 @@ class LLM:
             extra["distributed_executor_backend"] = distributed_executor_backend
         cfg = EngineConfig(session_len=max_model_len, dtype=dtype, enable_prefix_caching=enable_prefix_caching,
                            cache_max_entry_count=gpu_memory_utilization, tp=tensor_parallel_size,
-                           quantization=quantization, **extra)
+                           quantization=quantization, kv_cache_dtype=kv_cache_dtype, **extra)
         mm = dict(mm_processor_kwargs or {})
         bad = sorted(set(mm) - {"min_pixels", "max_pixels"})
         if bad:

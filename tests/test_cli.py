@@ -56,12 +56,13 @@ def test_serve_flags_parse_as_lmdeploy_spells_them():
                           "--max-prefill-token-num", "99", "--num-gpu-blocks", "40", "--dtype", "float32",
                           "--device", "cpu", "--vision-max-batch-size", "3", "--vision-tower-path", "/t",
                           "--min-pixels", "100", "--max-pixels", "2000", "--feature-cache-size", "7",
-                          "--chat-template", "vicuna"])
+                          "--chat-template", "vicuna", "--quantization", "int4", "--kv-cache-dtype", "bf16"])
     assert args.api_keys == ["a", "b"] and api_server._limits(args.limit_mm_per_prompt) == {"image": 3}
     ecfg, vcfg, tcfg = engine_configs(args)
     assert (ecfg.session_len, ecfg.max_batch_size, ecfg.cache_max_entry_count, ecfg.block_size,
             ecfg.enable_prefix_caching, ecfg.max_prefill_token_num, ecfg.num_gpu_blocks, ecfg.dtype,
-            ecfg.device) == (300, 5, 0.5, 8, False, 99, 40, "float32", "cpu")
+            ecfg.device, ecfg.quantization, ecfg.kv_cache_dtype) == (300, 5, 0.5, 8, False, 99, 40, "float32", "cpu",
+                                                                     "int4", "bfloat16")
     assert (vcfg.max_batch_size, vcfg.vision_tower_path, vcfg.min_pixels, vcfg.max_pixels,
             vcfg.feature_cache_size) == (3, "/t", 100, 2000, 7)
     assert tcfg.model_name == "vicuna"

@@ -145,16 +145,19 @@ def _random_paged(B, Hq, Hkv, D, bs, lens, seed=0):
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernel")
 @pytest.mark.parametrize("B,Hq,Hkv,D,bs", [(1, 4, 4, 16, 4), (5, 8, 2, 32, 16), (33, 6, 3, 64, 8)])
-def test_native_decode_equals_torch_path(B, Hq, Hkv, D, bs):
-    """Both decode branches of paged_attention, on the same paged context, agree."""
+@pytest.mark.parametrize("kv_dtype", [torch.float32, torch.bfloat16])
+def test_native_decode_equals_torch_path(B, Hq, Hkv, D, bs, kv_dtype):
+    """Both decode branches of paged_attention, on the same paged context, agree (an fp32 or a
+    bf16 cache: kv_cache_dtype)."""
     lens = [1 + (7 * i) % 50 for i in range(B)]
     q, kc, vc, table = _random_paged(B, Hq, Hkv, D, bs, lens)
+    kc, vc = kc.to(kv_dtype), vc.to(kv_dtype)
     new_k, new_v = torch.randn(B, Hkv, D), torch.randn(B, Hkv, D)
     lens_t = torch.tensor(lens)
     last = torch.tensor([table[b, (n - 1) // bs] * bs + (n - 1) % bs for b, n in enumerate(lens)])
     nblk = table.shape[1]
     mask = (torch.arange(nblk * bs)[None] < lens_t[:, None])[:, None, None, :]
-    work = (torch.empty(B * nblk, bs, Hkv, D), torch.empty(B * nblk, bs, Hkv, D))
+    work = (torch.empty(B * nblk, bs, Hkv, D, dtype=kv_dtype), torch.empty(B * nblk, bs, Hkv, D, dtype=kv_dtype))
     outs = []
     for decode_mask in (None, mask):
         meta = AttentionMetadata(slot_mapping=last, num_decode=B, decode_blocks=table, decode_lens=lens_t,

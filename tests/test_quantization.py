@@ -173,7 +173,40 @@ def test_a_quantised_vlm_keeps_its_vision_tower(tiny_llava, mode):
         llm.close()
 
 
+@pytest.mark.parametrize("cfg", [dict(enable_prefix_caching=False), dict(block_size=4, max_prefill_token_num=7),
+                                 dict(num_gpu_blocks=24, block_size=4)], ids=["batched", "chunked", "preempted"])
+def test_a_bf16_kv_cache_keeps_batch_invariance(tiny_llama, cfg):
+    """kv_cache_dtype="bfloat16": the cache holds half fp32's bytes; attention reads keys and values
+    rounded to bf16 everywhere (fresh chunks too), so a request gets the same tokens alone, batched,
+    chunked and preempted, on the native decode kernel."""
+    alone = []
+    with pipeline(tiny_llama, EngineConfig(kv_cache_dtype="bf16", enable_prefix_caching=False)) as pipe:
+        assert pipe.engine.runner.native_decode
+        assert all(k.dtype == torch.bfloat16 for k, _ in pipe.engine.runner.kv_caches)
+        for p in _prompts():
+            alone.append(pipe(p, gen_config=GEN).token_ids)
+    with pipeline(tiny_llama, EngineConfig(kv_cache_dtype="bfloat16", **cfg)) as pipe:
+        assert [r.token_ids for r in pipe(_prompts(), gen_config=GEN)] == alone
+        if "num_gpu_blocks" in cfg:
+            assert pipe.engine.scheduler.num_preemptions > 0
+
+
+def test_a_bf16_kv_cache_stays_close_to_fp32(tiny_llama):
+    ids = [list(range(5 + i, 45 + i)) for i in range(4)]
+    with pipeline(tiny_llama) as pipe:
+        want = pipe.get_logits(ids)
+    llm = LLM(model=tiny_llama, kv_cache_dtype="bfloat16")
+    try:
+        got = llm._pipe.get_logits(ids)
+    finally:
+        llm.close()
+    rel = max(float((g - w).norm() / w.norm()) for g, w in zip(got, want))
+    assert 0 < rel < 0.02, rel
+
+
 def test_quantization_values_are_checked():
+    with pytest.raises(ValueError, match="kv_cache_dtype"):
+        EngineConfig(kv_cache_dtype="fp8")
     with pytest.raises(ValueError, match="'int4'"):
         EngineConfig(quantization="awq")
     with pytest.raises(ValueError, match="'int4'"):

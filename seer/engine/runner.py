@@ -73,7 +73,9 @@ class ModelRunner:
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_hits = 0
         self.feature_misses = 0
-        self.native_decode = (device.type == "cpu" and kv.dtype == torch.float32 and kernels.available())
+        model_dtype = next(model.parameters()).dtype
+        self.native_decode = (device.type == "cpu" and model_dtype == torch.float32
+                              and kv.dtype in (torch.float32, torch.bfloat16) and kernels.available())
         self.mrope = bool(getattr(model, "mrope", False))
         # Models that mix full and sliding-window layers (Gemma 3) read ``meta.local`` in the latter.
         self.local_window = getattr(model, "local_window", None)

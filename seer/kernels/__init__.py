@@ -60,7 +60,7 @@ def _build() -> Optional[ctypes.CDLL]:
         return None
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int]
+    fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
     lib.seer_small_linear_f32.restype = ctypes.c_int
     lib.seer_small_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.seer_rms_norm.restype = None
@@ -109,14 +109,15 @@ def available() -> bool:
 
 def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_table: torch.Tensor,
                  context_lens: torch.Tensor, scale: float) -> torch.Tensor:
-    """q ``[B, Hq, D]`` fp32 contiguous; caches ``[N, block_size, Hkv, D]``; block_table ``[B, M]``
+    """q ``[B, Hq, D]`` fp32 contiguous; caches ``[N, block_size, Hkv, D]`` fp32 or bf16; block_table ``[B, M]``
     int64; context_lens ``[B]`` int64 -> ``[B, Hq, D]``."""
     B, Hq, D = q.shape
     _, bs, Hkv, _ = k_cache.shape
     out = torch.empty_like(q)
     rc = _lib.seer_paged_decode(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_table.data_ptr(),
                                 context_lens.data_ptr(), out.data_ptr(), B, Hq, Hkv, D, bs,
-                                block_table.shape[1], scale, torch.get_num_threads())
+                                block_table.shape[1], scale, torch.get_num_threads(),
+                                int(k_cache.dtype == torch.bfloat16))
     if rc != 0:
         raise RuntimeError(f"native decode kernel failed (code {rc})")
     return out
@@ -185,8 +186,3 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Optional[to
     _lib.seer_rotary(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, H, D,
                      torch.get_num_threads())
     return out
-
-
-def usable_for(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    return (q.device.type == "cpu" and q.dtype == torch.float32 and k_cache.dtype == torch.float32
-            and k_cache.is_contiguous() and available())

@@ -6,7 +6,8 @@
  *
  * Layouts (row-major, contiguous):
  *   q      [B, Hq, D]
- *   kc, vc [num_blocks, block_size, Hkv, D]
+ *   kc, vc [num_blocks, block_size, Hkv, D]  fp32, or bf16 (kv_cache_dtype="bfloat16": half the bytes
+ *                                             to read; widened to fp32 as they are loaded)
  *   table  [B, max_blocks]  int64 block ids
  *   lens   [B]              int64 context lengths (>= 1)
  *   out    [B, Hq, D]
@@ -21,19 +22,33 @@
 #include "pool.h"
 
 typedef struct {
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
     const int64_t *table, *lens;
     float *out;
     int64_t B, Hq, Hkv, D, bs, max_blocks;
     float scale;
+    int bf16;            /* the caches hold bf16 */
     int64_t splits;      /* kv-head slices per sequence */
     int64_t first, last; /* [first, last) over B * splits work items */
     _Atomic int failed;
 } job_t;
 
+/* Element i of a cache row: fp32, or bf16 widened (its bits are fp32's upper half). */
+static inline __attribute__((always_inline)) float at(const void *row, int64_t i, int bf16) {
+    if (!bf16) return ((const float *)row)[i];
+    const uint32_t bits = (uint32_t)((const uint16_t *)row)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
 /* Sequence b, kv heads [h0, h1): tokens in the outer loop so each token's rows for these
- * heads are read together (contiguous in memory), query heads of a group in the inner loop. */
-static void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1, float *scores) {
+ * heads are read together (contiguous in memory), query heads of a group in the inner loop.
+ * bf16 is a constant in each inlined copy. */
+static inline __attribute__((always_inline)) void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1,
+                                                           float *scores, int bf16) {
+    const size_t elem = bf16 ? 2 : 4;
     const int64_t G = j->Hq / j->Hkv, D = j->D, L = j->lens[b], NH = (h1 - h0) * G;
     const int64_t row = j->Hkv * D; /* floats between consecutive tokens of a block */
     const int64_t *tab = j->table + b * j->max_blocks;
@@ -42,11 +57,12 @@ static void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1, float *s
 
     /* scores[n * L + t] = scale * <q_n, k_t> for query head n of this range */
     for (int64_t t = 0; t < L; t++) {
-        const float *k = j->kc + (tab[t / j->bs] * j->bs + t % j->bs) * row + h0 * D;
+        const char *k = (const char *)j->kc + ((tab[t / j->bs] * j->bs + t % j->bs) * row + h0 * D) * elem;
         for (int64_t n = 0; n < NH; n++) {
-            const float *qn = q + n * D, *kn = k + (n / G) * D;
+            const float *qn = q + n * D;
+            const char *kn = k + (n / G) * D * elem;
             float s = 0.f;
-            for (int64_t d = 0; d < D; d++) s += qn[d] * kn[d];
+            for (int64_t d = 0; d < D; d++) s += qn[d] * at(kn, d, bf16);
             scores[n * L + t] = s * j->scale;
         }
     }
@@ -59,11 +75,12 @@ static void one_item(const job_t *j, int64_t b, int64_t h0, int64_t h1, float *s
     }
     memset(out, 0, sizeof(float) * NH * D);
     for (int64_t t = 0; t < L; t++) {
-        const float *v = j->vc + (tab[t / j->bs] * j->bs + t % j->bs) * row + h0 * D;
+        const char *v = (const char *)j->vc + ((tab[t / j->bs] * j->bs + t % j->bs) * row + h0 * D) * elem;
         for (int64_t n = 0; n < NH; n++) {
-            const float p = scores[n * L + t], *vn = v + (n / G) * D;
+            const float p = scores[n * L + t];
+            const char *vn = v + (n / G) * D * elem;
             float *o = out + n * D;
-            for (int64_t d = 0; d < D; d++) o[d] += p * vn[d];
+            for (int64_t d = 0; d < D; d++) o[d] += p * at(vn, d, bf16);
         }
     }
 }
@@ -77,7 +94,9 @@ static void *run(const job_t *j) {
     if (!scores) return (void *)1;
     for (int64_t i = j->first; i < j->last; i++) {
         const int64_t b = i / j->splits, s = i % j->splits;
-        one_item(j, b, j->Hkv * s / j->splits, j->Hkv * (s + 1) / j->splits, scores);
+        const int64_t h0 = j->Hkv * s / j->splits, h1 = j->Hkv * (s + 1) / j->splits;
+        if (j->bf16) one_item(j, b, h0, h1, scores, 1);
+        else one_item(j, b, h0, h1, scores, 0);
     }
     free(scores);
     return NULL;
@@ -90,9 +109,9 @@ static void task(void *arg, int t, int n) {
     if (run(&j) != NULL) atomic_store(&((job_t *)arg)->failed, 1);
 }
 
-int seer_paged_decode(const float *q, const float *kc, const float *vc, const int64_t *table,
+int seer_paged_decode(const float *q, const void *kc, const void *vc, const int64_t *table,
                       const int64_t *lens, float *out, int64_t B, int64_t Hq, int64_t Hkv, int64_t D,
-                      int64_t bs, int64_t max_blocks, float scale, int nthreads) {
+                      int64_t bs, int64_t max_blocks, float scale, int nthreads, int bf16) {
     if (nthreads < 1) nthreads = 1;
     int64_t total = 0; /* keys to read, summed over sequences */
     for (int64_t b = 0; b < B; b++) total += lens[b];
@@ -101,7 +120,7 @@ int seer_paged_decode(const float *q, const float *kc, const float *vc, const in
     while (B * splits < 2 * nthreads && splits < Hkv) splits++;
     const int64_t items = B * splits;
     if (nthreads > items) nthreads = (int)items;
-    const job_t job = {q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, splits, 0, items, 0};
+    const job_t job = {q, kc, vc, table, lens, out, B, Hq, Hkv, D, bs, max_blocks, scale, bf16, splits, 0, items, 0};
     seer_parallel(nthreads, task, (void *)&job);
     return atomic_load(&job.failed) ? -2 : 0;
 }

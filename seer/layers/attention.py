@@ -59,6 +59,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """q ``[T, Hq, D]``, k/v ``[T, Hkv, D]`` -> ``[T, Hq, D]``; writes k/v into the cache first."""
     hkv, d = k.shape[1], k.shape[2]
+    if k_cache.dtype != k.dtype:  # a cache of lower precision (kv_cache_dtype): attention sees what it holds
+        k, v = k.to(k_cache.dtype), v.to(k_cache.dtype)
     k_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, k)
     v_cache.view(-1, hkv, d).index_copy_(0, meta.slot_mapping, v)
     gqa = q.shape[1] != hkv
@@ -72,8 +74,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     elif nd:
         wk, wv = meta.workspace
         blocks = meta.decode_blocks.view(-1)
-        keys = _gather(k_cache, blocks, wk).view(nd, -1, hkv, d).transpose(1, 2)
-        vals = _gather(v_cache, blocks, wv).view(nd, -1, hkv, d).transpose(1, 2)
+        keys = _gather(k_cache, blocks, wk).view(nd, -1, hkv, d).transpose(1, 2).to(q.dtype)
+        vals = _gather(v_cache, blocks, wv).view(nd, -1, hkv, d).transpose(1, 2).to(q.dtype)
         o = F.scaled_dot_product_attention(q[:nd].unsqueeze(2), keys, vals, attn_mask=meta.decode_mask,
                                            scale=scale, enable_gqa=gqa)
         out[:nd] = o.squeeze(2)
@@ -85,8 +87,8 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             wk, wv = meta.workspace
             keys = _gather(k_cache, p.blocks, wk).view(-1, hkv, d)
             vals = _gather(v_cache, p.blocks, wv).view(-1, hkv, d)
-        keys = keys.transpose(0, 1).unsqueeze(0)
-        vals = vals.transpose(0, 1).unsqueeze(0)
+        keys = keys.transpose(0, 1).unsqueeze(0).to(q.dtype)
+        vals = vals.transpose(0, 1).unsqueeze(0).to(q.dtype)
         o = F.scaled_dot_product_attention(qs, keys, vals, attn_mask=p.mask, is_causal=p.mask is None,
                                            scale=scale, enable_gqa=gqa)
         out[p.start:p.end] = o[0].transpose(0, 1)

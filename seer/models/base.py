@@ -284,7 +284,8 @@ class ModelFamily:
 
     def kv_spec(self) -> KVSpec:
         s = self.model.spec
-        return KVSpec(s.num_layers, getattr(s, "local_kv_heads", s.num_kv_heads), s.head_dim, self.dtype)
+        dtype = torch.bfloat16 if self.engine_cfg.kv_cache_dtype == "bfloat16" else self.dtype
+        return KVSpec(s.num_layers, getattr(s, "local_kv_heads", s.num_kv_heads), s.head_dim, dtype)
 
     def _eos_ids(self) -> set[int]:
         ids: set[int] = set()
