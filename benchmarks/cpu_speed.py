@@ -11,6 +11,7 @@ measurement is its own process; the engines alternate, ``--repeats`` rounds, bes
     python benchmarks/llamacpp.py build          # once: llama.cpp, the GGUF files (minutes)
     python benchmarks/cpu_speed.py --write       # the table into BENCHMARKS.md ("cpu" section)
     python benchmarks/cpu_speed.py --engines seer --quants f32,int8   # seer alone
+    python benchmarks/cpu_speed.py --quants f32,int8,int4,int8+bf16kv  # + seer with a bf16 KV cache
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from text_llm import MODEL, REPO, build  # noqa: E402
 DECODE = dict(npp=32, ntg=128, batches=(1, 16, 64))
 PREFILL = dict(npp=512, ntg=1, batches=(1, 8))
 SEER_QUANT = {"f32": None, "int8": "int8", "int4": "int4"}  # row label -> EngineConfig.quantization
+# A label may end in "+bf16kv": seer with kv_cache_dtype="bfloat16" (llama.cpp's cache is f16 by default);
+# such rows reuse the llama.cpp figure of their weights.
+KV_SUFFIX = "+bf16kv"
 # llama.cpp's q4_0 file keeps its tied embedding / LM head in Q6_K (llama-quantize's default).
 LLAMA_QUANT = {"f32": "f32", "int8": "q8_0", "int4": "q4_0"}
 
@@ -43,7 +47,8 @@ def seer_child(quant: str, batch: int, npp: int, ntg: int) -> dict:
     from seer import LLM, SamplingParams
 
     torch.set_num_threads(2)
-    llm = LLM(model=MODEL, quantization=SEER_QUANT[quant], max_num_seqs=max(batch, 1),
+    llm = LLM(model=MODEL, quantization=SEER_QUANT[quant.removesuffix(KV_SUFFIX)],
+              kv_cache_dtype="bfloat16" if quant.endswith(KV_SUFFIX) else "auto", max_num_seqs=max(batch, 1),
               max_num_batched_tokens=max(npp * batch, 512), max_model_len=npp + ntg + 8)
     prompts = [{"prompt_token_ids": [(7 * i + 13 * t) % 900 + 50 for t in range(npp)]} for i in range(batch)]
     params = SamplingParams(max_tokens=ntg, ignore_eos=True, temperature=0)
@@ -74,7 +79,8 @@ def measure(engine: str, quant: str, batch: int, npp: int, ntg: int) -> float:
         return json.loads(line[0][7:])["tok_s"]
     import llamacpp
 
-    rows = llamacpp.run(llamacpp.GGUF.format(LLAMA_QUANT[quant]), npl=(batch,), npp=npp, ntg=ntg)
+    rows = llamacpp.run(llamacpp.GGUF.format(LLAMA_QUANT[quant.removesuffix(KV_SUFFIX)]), npl=(batch,), npp=npp,
+                        ntg=ntg)
     return rows[0]["tg_tok_s"] if ntg > 1 else rows[0]["pp_tok_s"]
 
 
@@ -105,6 +111,8 @@ def main(argv=None) -> int:
             for b in s["batches"]:
                 for q in quants:
                     for e in engines:  # alternate the engines on every row
+                        if e == "llama.cpp" and q.endswith(KV_SUFFIX):
+                            continue  # the same llama.cpp run as the row without the suffix
                         v = measure(e, q, b, s["npp"], s["ntg"])
                         key = (kind, b, q, e)
                         best[key] = max(best.get(key, 0.0), v)
@@ -114,9 +122,11 @@ def main(argv=None) -> int:
     for kind, s in shapes:
         for b in s["batches"]:
             for q in quants:
-                se, lc = best.get((kind, b, q, "seer")), best.get((kind, b, q, "llama.cpp"))
+                base = q.removesuffix(KV_SUFFIX)
+                se, lc = best.get((kind, b, q, "seer")), best.get((kind, b, base, "llama.cpp"))
                 ratio = f"{se / lc:.2f}x" if se and lc else "-"
-                rows.append(f"| {kind} | {b} | {q} / {LLAMA_QUANT[q]} | {se or 0:.1f} | {lc or 0:.1f} | {ratio} |")
+                label = f"{base}, bf16 KV" if q != base else base
+                rows.append(f"| {kind} | {b} | {label} / {LLAMA_QUANT[base]} | {se or 0:.1f} | {lc or 0:.1f} | {ratio} |")
     print("\n".join(rows))
     if a.write:
         from offline import machine_info, write_section

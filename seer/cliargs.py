@@ -51,8 +51,8 @@ def add_engine_arguments(ap: argparse.ArgumentParser) -> None:
     g.add_argument("--num-gpu-blocks", type=int, default=None, help="fix the KV pool size in blocks")
     g.add_argument("--dtype", default=d.dtype, choices=("auto", "float32", "bfloat16", "float16"))
     g.add_argument("--quantization", default=None, choices=("int8", "int4"),
-                   help="weight-only quantisation of the decoder, made at load (int8: a scale per output row; "
-                        "int4: a scale per 32 weights)")
+                   help="quantise the decoder's weights at load (int8: a scale per output row; int4: a scale per "
+                        "32 weights); on CPU the kernels multiply in integers")
     g.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, choices=("auto", "bfloat16", "bf16"),
                    help="what the KV cache stores: the model's dtype (auto) or bfloat16 (half fp32's bytes)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N]; default: cuda when available")

@@ -187,9 +187,9 @@ class EngineConfig:
     distributed_executor_backend: str = "mp"  # ranks 1..tp-1 as local processes ("mp") or Ray actors ("ray")
     num_gpu_blocks: Optional[int] = None  # fix the pool size instead of deriving it from memory
     max_queued_requests: Optional[int] = None  # reserved for the server's back-pressure
-    # Weight-only quantisation made at load from the fp32/bf16 checkpoint (seer.layers.quant) for the
-    # decoder's linear layers and the LM head: "int8" (a scale per output row), "int4" (a scale per 32
-    # weights); None: the checkpoint's dtype.
+    # Quantised weights made at load from the fp32/bf16 checkpoint (seer.layers.quant) for the decoder's
+    # linear layers and the LM head: "int8" (a scale per output row), "int4" (a scale per 32 weights);
+    # on CPU the layers' inputs are rounded to int8 per row too (integer kernels); None: the checkpoint's dtype.
     quantization: Optional[str] = None
     # What the KV cache stores: "auto" (the model's dtype) or "bfloat16" (half the bytes of fp32: decode
     # attention, which reads the whole cache every step, reads half as much; keys and values are
@@ -226,7 +226,7 @@ class EngineConfig:
         _check(self.distributed_executor_backend in ("mp", "ray"), "distributed_executor_backend",
                self.distributed_executor_backend, "'mp' (local processes) or 'ray' (Ray actors)")
         _check(self.quantization in (None, "int8", "int4"), "quantization", self.quantization,
-               "None, 'int8' or 'int4' (weight-only, quantised at load; quantised checkpoints are not supported)")
+               "None, 'int8' or 'int4' (quantised at load; quantised checkpoints are not supported)")
         if self.kv_cache_dtype == "bf16":
             self.kv_cache_dtype = "bfloat16"
         _check(self.kv_cache_dtype in ("auto", "bfloat16"), "kv_cache_dtype", self.kv_cache_dtype,
