@@ -7,8 +7,9 @@
 - ``int_linear_q8`` and ``int_linear_q4`` multiply by quantised weights
   (``EngineConfig(quantization="int8" | "int4")``) in integer arithmetic: each row of the input
   is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).
+- ``rms_norm`` and ``rotary``: one call each where torch dispatches several operators.
 
-They are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
+All run on the threads of ``pool.c`` (``torch.get_num_threads()`` of them). They are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
 ``~/.cache/seer``) the first time they are needed; where no compiler is found, or
 ``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the callers use torch instead,
 which gives the same results up to float rounding.
