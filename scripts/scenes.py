@@ -480,17 +480,231 @@ def _core(t: str) -> str:
     return " ".join(w for w in t.split() if w not in ("the", "a", "an"))
 
 
+# --------------------------------------------------------------------------------------------
+# Composed training wordings: openers x question bodies x place suffixes, with synonyms
+# (object/shape/thing/item/figure, image/picture/photo, bigger/larger, number/count/total). Used
+# for training only (``Phraser`` with ``heldout=False`` draws from them half the time). Any
+# composition whose core (``_core``: lower case, no punctuation or articles, colour = color)
+# contains a held-out wording (an opener or suffix around it) is dropped, so no held-out wording
+# appears in training.
+# --------------------------------------------------------------------------------------------
+
+_OBJ = ("object", "shape", "thing", "item", "figure", "one")
+_OBJS = ("shapes", "objects", "things", "items", "figures")
+_IMG = ("image", "picture", "photo", "scene", "drawing")
+_WHERE_SUFFIX = ("",) + tuple(f" in the {i}" for i in _IMG) + (" here", " in this image", " in this picture")
+# openers that take an indirect question ("Can you tell me" + "what colour the ring is")
+_ASK = ("Can you tell me ", "Could you tell me ", "Tell me ", "Please tell me ", "I'd like to know ",
+        "I want to know ", "Do you know ", "Please say ", "Say ", "Let me know ", "I wonder ",
+        "Would you tell me ", "I need to know ", "Can you say ", "Show me ")
+# openers in front of a direct question
+_LEAD = ("", "", "", "Quick question: ", "Hey, ", "Okay, ", "So, ", "Now, ", "Look at the picture. ",
+         "In this image, ", "One question: ", "Hi! ", "Question: ", "Please, ", "Hmm, ")
+
+
+def _sfx(q: str, rng: random.Random) -> str:
+    """A place suffix before the final question mark ("... in the picture?")."""
+    s = rng.choice(_WHERE_SUFFIX)
+    body = q.rstrip("?.")
+    return body + s + q[len(body):]
+
+
+def _composed(rng: random.Random) -> dict:
+    o, i = (lambda: rng.choice(_OBJ)), (lambda: rng.choice(_IMG))
+    os_ = lambda: rng.choice(_OBJS)  # noqa: E731
+    out = {k: set() for k in ("shape", "shape_at", "colour", "colour_at", "count", "position_x",
+                              "position_y", "bigger", "text", "caption")}
+
+    def add(kind, direct=(), indirect=(), n=6):
+        sfx = _sfx if kind != "caption" else (lambda t, rng: t)
+        for t, st in direct:
+            for _ in range(n):
+                lead, body = rng.choice(_LEAD), sfx(t, rng)
+                body = body[:1].lower() + body[1:] if lead.endswith(", ") and not body.startswith("{") else body
+                out[kind].add((lead + body.format(O=o(), I=i(), OS=os_(), colour="{colour}",
+                               sref="{sref}", side="{side}", ref="{ref}", a="{a}", b="{b}"), st))
+        for t, st in indirect:
+            for _ in range(n):
+                body = sfx(t, rng).format(O=o(), I=i(), OS=os_(), colour="{colour}", sref="{sref}",
+                                           side="{side}", ref="{ref}", a="{a}", b="{b}")
+                out[kind].add((rng.choice(_ASK) + body + rng.choice(("?", ".", "")), st))
+
+    add("shape", direct=[("What shape is the {colour} {O}?", "bare"), ("Which shape is the {colour} {O}?", "bare"),
+                         ("What is the shape of the {colour} {O}?", "bare"), ("What {colour} shape is there?", "bare"),
+                         ("Which {O} is {colour}?", "the"), ("Which shape is {colour}?", "bare"),
+                         ("What is the {colour} {O}?", "article"), ("What form is the {colour} {O}?", "bare"),
+                         ("The {colour} {O} is which shape?", "bare"), ("What kind of shape is {colour}?", "bare"),
+                         ("What shape is coloured {colour}?", "bare"), ("Which shape has {colour} colour?", "bare")],
+        indirect=[("what shape the {colour} {O} is", "bare"), ("which shape is {colour}", "bare"),
+                  ("the shape of the {colour} {O}", "bare"), ("which {O} is {colour}", "the"),
+                  ("what the {colour} {O} is", "article"), ("what form the {colour} {O} has", "bare"),
+                  ("the form of the {colour} {O}", "bare"), ("which shape has the colour {colour}", "bare")])
+    sides = ("on the {side}", "at the {side}", "in the {side}", "on the {side} side", "at the {side} of the {I}",
+             "in the {side} part", "on the {side} of the {I}", "over on the {side}")
+    for sd in sides:
+        add("shape_at", direct=[(f"What shape is {sd}?", "bare"), (f"Which shape is {sd}?", "bare"),
+                                (f"What is {sd}?", "article"), (f"Which {{O}} is {sd}?", "the"),
+                                (f"What is the shape {sd}?", "bare"), (f"The shape {sd} is what?", "bare")],
+            indirect=[(f"which shape is {sd}", "bare"), (f"the shape {sd}", "bare"), (f"what is {sd}", "article"),
+                      (f"which {{O}} is {sd}", "the"), (f"what shape is {sd}", "bare")], n=2)
+        add("colour_at", direct=[(f"What colour is the {{O}} {sd}?", "bare"), (f"Which colour is the {{O}} {sd}?", "bare"),
+                                 (f"What is the colour of the {{O}} {sd}?", "bare"), (f"Colour of the {{O}} {sd}?", "bare"),
+                                 (f"What colour is {sd}?", "bare")],
+            indirect=[(f"the colour of the {{O}} {sd}", "bare"), (f"what colour the {{O}} {sd} is", "bare"),
+                      (f"which colour the {{O}} {sd} has", "bare")], n=2)
+    add("colour", direct=[("What colour is the {sref}?", "bare"), ("Which colour is the {sref}?", "bare"),
+                          ("What is the colour of the {sref}?", "bare"), ("What colour does the {sref} have?", "bare"),
+                          ("What's the {sref}'s colour?", "bare"),
+                          ("The {sref}'s colour?", "bare"), ("Which colour has the {sref}?", "bare"),
+                          ("{sref}: what colour?", "bare"), ("What colour is the {sref} coloured?", "bare"),
+                          
+                          ("Which colour is that {sref}?", "bare"), ("What colour is this {sref}?", "bare")],
+        indirect=[("what colour the {sref} is", "bare"), ("the colour of the {sref}", "bare"),
+                  ("the {sref}'s colour", "bare"), ("which colour the {sref} has", "bare"),
+                  ("what colour the {sref} has", "bare"), ("which colour the {sref} is", "bare"),
+                  ("how the {sref} is coloured", "bare")])
+    add("count", direct=[("How many {OS} are there?", "bare"), ("How many {OS} are there in the {I}?", "bare"),
+                         ("How many {OS} do you see?", "bare"), ("How many {OS} can you count?", "bare"),
+                         ("What is the number of {OS}?", "bare"), ("What's the number of {OS}?", "bare"),
+                         ("What is the total number of {OS}?", "bare"), ("What is the count of {OS}?", "bare"),
+                         ("What is the number of {OS} shown?", "bare"), ("What is the total?", "bare"),
+                         ("How many {OS} are visible?", "bare"), ("How many {OS} in total?", "bare"),
+                         ("Number of {OS}?", "bare"), ("Count of {OS}?", "bare"), ("Count the {OS}.", "bare"),
+                         ("How many {OS} are drawn?", "bare"), ("How many {OS} are shown?", "bare"),
+                         ("How many {OS} are there altogether?", "bare"), ("How many are in the {I}?", "bare"),
+                         ("How many {OS} are in it?", "bare"), ("What number of {OS} is there?", "bare"),
+                         ("How many {OS} can you see?", "number"), ("How many {OS} are there to see?", "number")],
+        indirect=[("how many {OS} there are", "bare"), ("the number of {OS}", "bare"),
+                  ("the total number of {OS}", "bare"), ("the count of {OS}", "bare"),
+                  ("how many {OS} you see", "number"), ("how many {OS} are shown", "bare"),
+                  ("what the number of {OS} is", "bare"), ("how many {OS} you can count", "bare")], n=8)
+    add("position_x", direct=[("Where is the {ref}?", "where"), ("Where is the {ref} placed?", "where"),
+                              ("Where's the {ref} located?", "where"), ("Which side is the {ref} on?", "where"),
+                              ("On what side is the {ref}?", "where"), ("Where is the {ref} positioned?", "where"),
+                              ("Is the {ref} on the left or on the right?", "bare"),
+                              ("Is the {ref} on the left side or on the right side?", "bare"),
+                              ("Is the {ref} in the left half or the right half?", "bare"),
+                              ("Is the {ref} towards the left or the right?", "bare"),
+                              ("Is the {ref} on the left?", "yesno_left"), ("Is the {ref} on the right?", "yesno_right"),
+                              ("Is the {ref} placed on the left?", "yesno_left"), ("Is the {ref} placed on the right?", "yesno_right"),
+                              ("Is the {ref} in the right half?", "yesno_right"), ("Is the {ref} to the left?", "yesno_left"),
+                              ("Is the {ref} located on the right?", "yesno_right"), ("Is the {ref} positioned on the left?", "yesno_left"),
+                              ("Is the {ref} near the left?", "yesno_left"), ("Is the {ref} close to the right?", "yesno_right"),
+                              ("Is the {ref} close to the left edge?", "yesno_left")],
+        indirect=[("where the {ref} is", "where"), ("which side the {ref} is on", "where"),
+                  ("on what side the {ref} is", "where"), ("whether the {ref} is on the left or the right", "bare"),
+                  ("if the {ref} is left or right", "bare"), ("where the {ref} is located", "where")])
+    add("position_y", direct=[("Is the {ref} at the top or the bottom?", "bare"), ("Is the {ref} at the bottom or at the top?", "bare"),
+                              ("Is the {ref} near the top or near the bottom?", "bare"),
+                              ("Is the {ref} in the top half or the bottom half?", "bare"),
+                              ("Is the {ref} in the upper or the lower half?", "updown"),
+                              ("Is the {ref} in the upper half or the lower half?", "updown"),
+                              ("Is the {ref} in the upper area or the lower area?", "updown"),
+                              ("Is the {ref} upper or lower in the picture?", "updown"),
+                              ("Is the {ref} at the top?", "yesno_top"), ("Is the {ref} at the bottom?", "yesno_bottom"),
+                              ("Is the {ref} close to the top?", "yesno_top"), ("Is the {ref} close to the bottom?", "yesno_bottom"),
+                              ("Is the {ref} towards the bottom?", "yesno_bottom"), ("Is the {ref} towards the top?", "yesno_top"),
+                              ("Is the {ref} near the top edge?", "yesno_top"), ("Is the {ref} near the bottom edge?", "yesno_bottom"),
+                              ("Is the {ref} in the bottom half?", "yesno_bottom"), ("Is the {ref} in the top half?", "yesno_top"),
+                              ("Is the {ref} located at the bottom?", "yesno_bottom"), ("Is the {ref} located at the top?", "yesno_top"),
+                              ("Is the {ref} up high?", "yesno_top"), ("Is the {ref} down low?", "yesno_bottom"),
+                              ("Is the {ref} in the upper part?", "yesno_top"), ("Is the {ref} in the lower part?", "yesno_bottom")],
+        indirect=[("whether the {ref} is at the top or the bottom", "bare"), ("if the {ref} is top or bottom", "bare"),
+                  ("whether the {ref} is in the upper or lower half", "updown"), ("if the {ref} is near the bottom", "yesno_bottom"),
+                  ("if the {ref} is near the top", "yesno_top")])
+    cmp_big = ("bigger", "larger", "greater in size", "the bigger one", "the larger one", "of bigger size")
+    cmp_small = ("smaller", "the smaller one", "of smaller size", "tinier", "the smallest")
+    for big in cmp_big:
+        add("bigger", direct=[(f"Which is {big}, the {{a}} or the {{b}}?", "bare"), (f"Which {{O}} is {big}, the {{a}} or the {{b}}?", "bare"),
+                              (f"Which of the {{a}} and the {{b}} is {big}?", "bare"), (f"Of the {{a}} and the {{b}}, which one is {big}?", "bare"),
+                              (f"Between the {{a}} and the {{b}}, which is {big}?", "bare"), (f"Which is {big}: the {{a}} or the {{b}}?", "bare"),
+                              (f"Which of the two is {big}, the {{a}} or the {{b}}?", "bare"), (f"Is the {{a}} {big} than the {{b}}?", "yesno_big")],
+            indirect=[(f"which is {big}, the {{a}} or the {{b}}", "bare"), (f"which of the {{a}} and the {{b}} is {big}", "bare"),
+                      (f"whether the {{a}} is {big} than the {{b}}", "yesno_big")], n=2)
+    for small in cmp_small:
+        add("bigger", direct=[(f"Which is {small}, the {{a}} or the {{b}}?", "small"), (f"Which {{O}} is {small}, the {{a}} or the {{b}}?", "small"),
+                              (f"Which of the {{a}} and the {{b}} is {small}?", "small"), (f"Of the {{a}} and the {{b}}, which one is {small}?", "small"),
+                              (f"Between the {{a}} and the {{b}}, which is {small}?", "small"), (f"Which is {small}: the {{a}} or the {{b}}?", "small"),
+                              (f"Is the {{a}} {small} than the {{b}}?", "yesno_small")],
+            indirect=[(f"which is {small}, the {{a}} or the {{b}}", "small"), (f"which of the {{a}} and the {{b}} is {small}", "small")], n=2)
+    for big in ("bigger", "larger", "greater"):
+        for small in ("smaller", "tinier", "less big"):
+            add("bigger", direct=[(f"Is the {{a}} {big} or {small} than the {{b}}?", "bigsmall"),
+                                  (f"Is the {{a}} {small} or {big} than the {{b}}?", "bigsmall"),
+                                  (f"Compared to the {{b}}, is the {{a}} {big} or {small}?", "bigsmall"),
+                                  (f"Is the {{a}} {big} or {small} compared with the {{b}}?", "bigsmall")],
+                indirect=[(f"whether the {{a}} is {big} or {small} than the {{b}}", "bigsmall"),
+                          (f"if the {{a}} is {small} or {big} than the {{b}}", "bigsmall")], n=2)
+    add("text", direct=[("What does the text say?", "bare"), ("What word is written?", "bare"), ("Which word is written?", "bare"),
+                        ("What word is printed?", "bare"), ("Which word or number is written?", "bare"),
+                        ("What is printed?", "bare"), ("What does the writing read?", "bare"),
+                        ("What is the text?", "bare"), ("What does the word say?", "bare"), ("Which number is printed?", "bare"),
+                        ("What text is written?", "bare"), ("What is the word?", "bare")],
+        indirect=[("what the text says", "bare"), ("which word is written", "bare"), ("what is written", "bare"),
+                  ("what the writing says", "bare"), ("which word is printed", "bare"), ("the word", "bare")])
+    add("caption", direct=[("Describe the {I}.", "caption"), ("What is in the {I}?", "caption"), ("What do you see?", "caption"),
+                           ("What does the {I} show?", "caption"), ("What does this {I} show?", "caption"),
+                           ("What's shown in the {I}?", "caption"), ("What can be seen?", "caption"),
+                           ("Describe this {I}.", "caption"), ("Describe what is in the {I}.", "caption"),
+                           ("What is this {I} of?", "caption"), ("Give me a description of the {I}.", "caption"),
+                           ("Caption the {I}.", "caption"), ("What's in it?", "caption"), ("What is there?", "caption")],
+        indirect=[("what is in the {I}", "caption"), ("what you see", "caption"), ("what the {I} shows", "caption"),
+                  ("what this {I} shows", "caption"), ("about the {I}", "caption"), ("what's in the {I}", "caption")])
+    for d in ("Please describe", "Can you describe", "Could you describe", "Would you describe", "Describe",
+              "Kindly describe", "Briefly describe", "Now describe"):
+        add("caption", direct=[(d + " the {I}.", "caption"), (d + " this {I}.", "caption"), (d + " what you see.", "caption"),
+                               (d + " it.", "caption"), (d + " the {I} for me.", "caption")], n=2)
+    held = {_core(t) for v in HELDOUT_PHRASINGS.values() for t, _ in v}
+
+    def unseen(t: str) -> bool:  # no held-out wording inside it, with an opener or suffix around it
+        c = f" {_core(t)} "
+        return not any(f" {h} " in c for h in held if len(h.split()) >= 3)  # ("The {ref}?" is in everything)
+
+    return {k: sorted(x for x in v if unseen(x[0])) for k, v in out.items()}
+
+
+COMPOSED = _composed(random.Random(17))
+
+# More out-of-scope questions for training: counting and describing things that are not shapes,
+# people, animals, text meaning, weather, feelings. Held-out nouns and templates stay out.
+OOS_PLURALS = ("dogs", "men", "women", "children", "cars", "trees", "birds", "horses", "boys", "houses",
+               "animals", "persons", "faces", "chairs", "books", "fish", "flowers", "apples", "players", "windows")
+OOS_MORE_TEMPLATES = (
+    "How many {p} are there?", "How many {p} are in the picture?", "How many {p} can you see?", "Count the {p}.",
+    "How many {p} do you see?", "What is the number of {p}?", "Are there any {p}?", "What are the {p} doing?",
+)
+OOS_MORE_NOUN = (
+    "How heavy is the {n}?", "How long is the {n}?", "What colour are the {n}'s eyes?", "What colour is the {n}'s coat?",
+    "What is the {n} holding?", "Where is the {n} going?", "Is the {n} male or female?", "What is the {n} thinking?",
+    "How wide is the {n}?", "What is the {n} called?", "Is the {n} old or young?", "What is the {n} wearing?",
+    "Which way is the {n} facing?", "Is the {n} sad?", "How many legs does the {n} have?",
+)
+OOS_MORE_PLAIN = (
+    "Who drew this?", "Who painted this picture?", "What city is this in?", "What continent is this?",
+    "What planet is this?", "What is the date?", "What movie is this from?", "What song is playing?",
+    "Is it sunny?", "Is it cold outside?", "How is the weather?", "What does the word mean?",
+    "What language is the text in?", "Translate the text.", "How does this make you feel?", "Is this person happy?",
+    "What mood is this?", "Are there any people?", "Is there a dog?", "Is there an animal in the picture?",
+    "What is the price?", "What is the camera?", "Who is the artist?", "What is the story here?",
+    "What happened before this?", "What will happen next?", "What street is this?", "What music is this?",
+    "Which sport is this?", "Is the man smiling?", "What are they doing?", "What is the woman holding?",
+)
+
+
 def _check_disjoint() -> None:
     train = {_core(t) for v in PHRASINGS.values() for t, _ in v} | {_core(t) for v in QUESTIONS.values() for t in v}
+    train |= {_core(t) for v in COMPOSED.values() for t, _ in v}
     for kind, v in HELDOUT_PHRASINGS.items():
         for t, _ in v:
             assert _core(t) not in train, f"held-out phrasing {t!r} ({kind}) is also a training phrasing"
-    train_oos = {_core(t) for t in OOS_TEMPLATES + OOS_PLAIN}
+    train_oos = {_core(t) for t in OOS_TEMPLATES + OOS_PLAIN + OOS_MORE_TEMPLATES + OOS_MORE_NOUN + OOS_MORE_PLAIN}
     assert not train_oos & {_core(t) for t in HELDOUT_OOS_TEMPLATES + HELDOUT_OOS_PLAIN}
     assert not set(OOS_NOUNS) & set(HELDOUT_OOS_NOUNS)
+    assert not {p.rstrip("s") for p in OOS_PLURALS} & set(HELDOUT_OOS_NOUNS) and "people" not in OOS_PLURALS
 
 
 _check_disjoint()
+_HELDOUT_OOS_CORES = {_core(t) for t in HELDOUT_OOS_PLAIN}
 
 
 def vary(q: str, rng: random.Random) -> str:
@@ -566,6 +780,12 @@ class Phraser:
         self.P = HELDOUT_PHRASINGS if heldout else PHRASINGS
         self.heldout = heldout
 
+    def _pick(self, key: str, rng: random.Random):
+        """A (template, style) for ``key``: training draws half of them from ``COMPOSED``."""
+        if not self.heldout and COMPOSED.get(key) and rng.random() < 0.5:
+            return rng.choice(COMPOSED[key])
+        return rng.choice(self.P[key])
+
     def _ref(self, o: Obj, rng, by: str = "any") -> str:
         if by == "colour":
             return rng.choice((f"{o.colour} one", f"{o.colour} shape", f"{o.colour} object"))
@@ -606,24 +826,24 @@ class Phraser:
         return None
 
     def ask(self, kind: str, rng: random.Random, obj: Optional[Obj] = None):
-        s, P = self.s, self.P
+        s = self.s
         if kind == "shape":
             at = self.alone_on("x") + self.alone_on("y")
             if at and obj is None and rng.random() < 0.25:
                 o, side = rng.choice(at)
-                t, style = rng.choice(P["shape_at"])
+                t, style = self._pick("shape_at", rng)
                 return t.format(side=side), _style(o.shape, style), {"kind": "shape_at"}
             o = obj or rng.choice(s.objects)
-            t, style = rng.choice(P["shape"])
+            t, style = self._pick("shape", rng)
             return t.format(colour=o.colour), _style(o.shape, style), {"kind": "shape", "obj": o, "style": style}
         if kind == "colour":
             at = self.alone_on("x") + self.alone_on("y")
             if at and obj is None and rng.random() < 0.25:
                 o, side = rng.choice(at)
-                t, style = rng.choice(P["colour_at"])
+                t, style = self._pick("colour_at", rng)
                 return t.format(side=side), _style(o.colour, style), {"kind": "colour_at"}
             o = obj or rng.choice(s.objects)
-            t, style = rng.choice(P["colour"])
+            t, style = self._pick("colour", rng)
             if "red or blue" in t:  # an either-or question: the right colour and another one
                 other = rng.choice([c for c in COLOURS if c != o.colour])
                 pair = [o.colour, other]
@@ -631,7 +851,7 @@ class Phraser:
                 t = t.replace("red or blue", f"{pair[0]} or {pair[1]}")
             return t.format(sref=o.shape), _style(o.colour, style), {"kind": "colour", "obj": o, "style": style}
         if kind == "count":
-            t, style = rng.choice(P["count"])
+            t, style = self._pick("count", rng)
             n = len(s.objects)
             return t, _style(str(n), style, n), {"kind": "count"}
         if kind == "position":
@@ -639,7 +859,7 @@ class Phraser:
             if not options:
                 return None
             o, axis = rng.choice(options)
-            t, style = rng.choice(P["position_" + axis])
+            t, style = self._pick("position_" + axis, rng)
             ans = self.answer_for("position", o, style, {"axis": axis})
             return t.format(ref=self._ref(o, rng)), ans, {"kind": "position", "obj": o, "style": style, "axis": axis}
         if kind == "bigger":
@@ -650,7 +870,7 @@ class Phraser:
             if rng.random() < 0.5:
                 a, b = b, a
             big, small = (a, b) if a.r > b.r else (b, a)
-            t, style = rng.choice(P["bigger"])
+            t, style = self._pick("bigger", rng)
             if style == "yesno_big":
                 ans = "yes" if a is big else "no"
             elif style == "yesno_small":
@@ -665,17 +885,31 @@ class Phraser:
                 ans = _style(big.shape, style)
             return t.format(a=a.shape, b=b.shape), ans, {"kind": "bigger"}
         if kind == "text":
-            t, _ = rng.choice(P["text"])
+            t, _ = self._pick("text", rng)
             return t, (s.text if s.text is not None else NO_TEXT_REPLY), {"kind": "text"}
         if kind == "caption":
-            t, _ = rng.choice(P["caption"])
+            t, _ = self._pick("caption", rng)
             return t, s.caption(), {"kind": "caption"}
         if kind == "outside":
             if self.heldout:
                 temps, nouns, plain = HELDOUT_OOS_TEMPLATES, HELDOUT_OOS_NOUNS, HELDOUT_OOS_PLAIN
             else:
                 temps, nouns, plain = OOS_TEMPLATES, OOS_NOUNS, OOS_PLAIN
-            q = rng.choice(plain) if rng.random() < 0.4 else rng.choice(temps).format(n=rng.choice(nouns))
+            if not self.heldout and rng.random() < 0.5:  # the composed training set of out-of-scope questions
+                x = rng.random()
+                if x < 0.3:
+                    q = rng.choice(OOS_MORE_TEMPLATES).format(p=rng.choice(OOS_PLURALS))
+                elif x < 0.6:
+                    q = rng.choice(OOS_MORE_NOUN).format(n=rng.choice(nouns))
+                else:
+                    q = rng.choice(OOS_MORE_PLAIN)
+                return q, OUT_OF_SCOPE_REPLY, {"kind": "outside"}
+            while True:
+                q = rng.choice(plain) if rng.random() < 0.4 else rng.choice(temps).format(n=rng.choice(nouns))
+                # a training template can spell out a held-out question ("What is the {n} doing?" with
+                # "person"): draw again
+                if self.heldout or _core(q) not in _HELDOUT_OOS_CORES:
+                    break
             return q, OUT_OF_SCOPE_REPLY, {"kind": "outside"}
         raise ValueError(f"unknown question kind {kind!r}")
 
