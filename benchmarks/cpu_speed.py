@@ -133,7 +133,8 @@ def main(argv=None) -> int:
 
         info = machine_info()
         lines = ["## CPU: seer against llama.cpp, 110M Llama, 2 threads", "",
-                 f"Command: `python benchmarks/cpu_speed.py --write` ({time.strftime('%Y-%m-%d')}; {info.get('cpu', '')}, "
+                 f"Command: `python benchmarks/cpu_speed.py{'' if a.quants == 'f32,int8,int4' else ' --quants ' + a.quants}"
+                 f" --write` ({time.strftime('%Y-%m-%d')}; {info.get('cpu', '')}, "
                  f"torch {info.get('torch', '')}; load average before and after each round: {', '.join(loads)}). "
                  f"Decode: 32-token prompts, 128 new tokens, output tokens/s; prefill: 512-token prompts, prompt "
                  f"tokens/s. Each figure the best of {a.repeats}, the engines alternating row by row.", "",
