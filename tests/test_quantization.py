@@ -71,7 +71,7 @@ def test_quantised_linear_equals_the_dequantised_weight(m, shape, cls):
 
 
 @pytest.mark.parametrize("cls,k", [(Int8Linear, 37), (Int4Linear, 64)])
-def test_a_non_finite_input_row_gives_nan_in_its_own_row_only(cls, k):
+def test_a_non_finite_input_row_gives_nan_in_its_own_row_only_and_edge_rows_work(cls, k):
     q = cls(Linear(k, 8))
     for bad in (float("nan"), float("inf"), -float("inf")):
         x = torch.randn(3, k)
@@ -79,6 +79,7 @@ def test_a_non_finite_input_row_gives_nan_in_its_own_row_only(cls, k):
         y = q(x)
         assert y[1].isnan().all() and torch.equal(y[[0, 2]], q(x[[0, 2]]))
     assert torch.equal(q(torch.zeros(2, k)), q.bias.expand(2, 8))  # an all-zero row: the bias
+    assert q(torch.zeros(0, k)).shape == (0, 8)  # no rows: no output, no error
 
 
 def test_int4_needs_input_widths_in_whole_groups():

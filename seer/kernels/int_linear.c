@@ -235,6 +235,7 @@ static void task(void *arg, int t, int n) {
 static int run(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M, int64_t K,
                int64_t N, int nthreads, int fmt) {
     if (fmt == Q4 && K % Q4_GROUP) return 2;
+    if (M == 0) return 0; /* (and no zero-byte mallocs, which may return NULL) */
     const int64_t kp = (K + 3) / 4 * 4, nsums = fmt == Q8 ? 1 : K / Q4_GROUP;
     int8_t *xq = malloc(M * kp);
     float *xs = malloc(M * sizeof *xs);
