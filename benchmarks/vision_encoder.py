@@ -68,7 +68,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(2)
     path = build()
-    pixels = torch.randn(args.batch, 3, CLIP_L["image_size"], CLIP_L["image_size"], generator=torch.Generator().manual_seed(0))
+    side = CLIP_L["image_size"]
+    pixels = torch.randn(args.batch, 3, side, side, generator=torch.Generator().manual_seed(0))
     hf = LlavaForConditionalGeneration.from_pretrained(path, torch_dtype=torch.float32).eval()
     pipe = seer.pipeline(path)
     model = pipe.family.model
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     diff = float((outs["seer"] - want).abs().max())
     rate = {k: args.batch / v for k, v in best.items()}
     lines = [
-        f"Command: `python benchmarks/vision_encoder.py` (CLIP ViT-L/14 at 336 px, random weights, "
+        f"Command: `python benchmarks/vision_encoder.py --write` (CLIP ViT-L/14 at 336 px, random weights, "
         f"{args.batch} images a batch, fp32, 2 threads, alternating, best of {args.repeats}; "
         f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}).",
         "",

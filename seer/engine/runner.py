@@ -68,7 +68,7 @@ class ModelRunner:
         # torch.empty: on CPU the pages are only touched (and counted in RSS) once used.
         self.kv_caches = [(torch.empty(shape, dtype=kv.dtype, device=device),
                            torch.empty(shape, dtype=kv.dtype, device=device)) for _ in range(kv.num_layers)]
-        self.block_bytes = 2 * kv.num_layers * block_size * kv.num_kv_heads * kv.head_dim * kv.dtype.itemsize
+        self.block_bytes = kv.bytes_per_block(block_size)
         self._workspace: tuple[torch.Tensor, torch.Tensor] | None = None
         self.features: OrderedDict[str, torch.Tensor] = OrderedDict()
         self.feature_hits = 0

@@ -9,10 +9,10 @@
   is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).
 - ``rms_norm`` and ``rotary``: one call each where torch dispatches several operators.
 
-All run on the threads of ``pool.c`` (``torch.get_num_threads()`` of them). They are built with ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default
-``~/.cache/seer``) the first time they are needed; where no compiler is found, or
-``SEER_NATIVE_KERNELS=0``, ``available()`` is False and the callers use torch instead,
-which gives the same results up to float rounding.
+All run on the threads of ``pool.c`` (``torch.get_num_threads()`` of them). They are built with
+``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default ``~/.cache/seer``) the first time
+they are needed; where no compiler is found, or ``SEER_NATIVE_KERNELS=0``, ``available()`` is
+False and the callers use torch instead, which gives the same results up to float rounding.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import torch
 log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
-_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c")]
+_SRCS = [os.path.join(_DIR, f)
+         for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c")]
 _HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h")]
 # Rows up to which small_linear beats BLAS on these CPUs (measured: benchmarks/BENCHMARKS.md).
 SMALL_LINEAR_MAX_ROWS = 64

@@ -108,10 +108,10 @@ static void quantize_rows(const float *x, int64_t i0, int64_t i1, int64_t K, int
     }
 }
 
-typedef struct {
-    const int8_t *xq;
-    const float *xs;
-    const int32_t *xsum;
+typedef struct { /* x rounded (quantize_rows writes it, the tiles read it) */
+    int8_t *xq;
+    float *xs;
+    int32_t *xsum;
     int64_t kp, K, N;
 } qx_t;
 
@@ -210,17 +210,14 @@ typedef struct {
     int64_t M, wblock, sblock;
     int fmt, quantize; /* quantize: the threads' job is rounding x's rows, not the matmul */
     qx_t qx;
-    int8_t *xq;
-    float *xs;
-    int32_t *xsum;
 } job_t;
 
 static void task(void *arg, int t, int n) {
     const job_t *j = arg;
     const qx_t *x = &j->qx;
     if (j->quantize) {
-        quantize_rows(j->x, seer_split(j->M, t, n), seer_split(j->M, t + 1, n), x->K, x->kp, j->fmt, j->xq, j->xs,
-                      j->xsum);
+        quantize_rows(j->x, seer_split(j->M, t, n), seer_split(j->M, t + 1, n), x->K, x->kp, j->fmt, x->xq, x->xs,
+                      x->xsum);
         return;
     }
     const int64_t blocks = (x->N + NB - 1) / NB;
@@ -241,7 +238,7 @@ static int run(const float *x, const uint8_t *w, const float *ws, const float *b
     float *xs = malloc(M * sizeof *xs);
     int32_t *xsum = malloc(M * nsums * sizeof *xsum);
     job_t j = {x, ws, b, w, y, M, fmt == Q8 ? NB * kp : NB * K / 2, fmt == Q8 ? NB : NB * K / Q4_GROUP, fmt, 1,
-               {xq, xs, xsum, kp, K, N}, xq, xs, xsum};
+               {xq, xs, xsum, kp, K, N}};
     const int rc = !xq || !xs || !xsum;
     if (!rc) {
         /* Small problems are not worth waking the other threads for. */

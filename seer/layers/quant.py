@@ -12,11 +12,12 @@ stay as they are.
   eighth of fp32's bytes plus the scales (5 bits a weight in all). A layer whose input width is
   not a multiple of 32 gets int8 instead.
 
-Both are stored in the kernels' own layout (blocks of 32 rows, see below). On CPU the native kernels (``seer.kernels.int_linear_q8`` / ``_q4``) multiply in integers: each
-row of the input is rounded to int8 with a scale of its own (dynamic per-token quantisation, as
-vLLM's W8A8 and llama.cpp's q8_0 do), and the weight is streamed once and never converted to
-floats. Each row's result comes from that row alone, so a batch gives every request what it gets
-alone, for prefill and decode alike. Elsewhere (CUDA, no C compiler) the layer multiplies fp
+Both are stored in the kernels' own layout (blocks of 32 rows, see below). On CPU the native
+kernels (``seer.kernels.int_linear_q8`` / ``_q4``) multiply in integers: each row of the input
+is rounded to int8 with a scale of its own (dynamic per-token quantisation, as vLLM's W8A8 and
+llama.cpp's q8_0 do), and the weight is streamed once and never converted to floats. Each row's
+result comes from that row alone, so a batch gives every request what it gets alone, for prefill
+and decode alike. Elsewhere (CUDA, no C compiler) the layer multiplies fp
 activations by the weight dequantised for the call: that saves memory, not time.
 """
 
@@ -94,7 +95,7 @@ def _int4_unpack(qweight: torch.Tensor, scales: torch.Tensor, n: int, k: int) ->
 
 
 class _QuantLinear(nn.Module):
-    kernel = None  # the native kernel: (x, weight, scales, bias) -> y
+    kernel = None  # the native kernel: (x, qweight, scales, bias, out_features) -> y
     quantize_rows = None  # fp32 rows -> (quantised rows, their scales)
 
     def __init__(self, linear: nn.Linear):
