@@ -7,7 +7,9 @@
 - ``int_linear_q8`` and ``int_linear_q4`` multiply by quantised weights
   (``EngineConfig(quantization="int8" | "int4")``) in integer arithmetic: each row of the input
   is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).
-- ``rms_norm`` and ``rotary``: one call each where torch dispatches several operators.
+- ``rms_norm``, ``rotary`` and ``silu_mul``: one call each where torch dispatches several operators.
+- ``decode_layers``: a whole decode step through a stack of Llama-style layers
+  (``seer.layers.decode_stack`` describes them), with the kernels above, in one call.
 
 All run on the threads of ``pool.c`` (``torch.get_num_threads()`` of them). They are built with
 ``cc -O3 -march=native`` into ``$SEER_CACHE_DIR`` (default ``~/.cache/seer``) the first time
@@ -33,7 +35,8 @@ log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
 _SRCS = [os.path.join(_DIR, f)
-         for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c")]
+         for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c",
+                                  "decode_stack.c")]
 _HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h")]
 # Rows up to which small_linear beats BLAS on these CPUs (measured: benchmarks/BENCHMARKS.md).
 SMALL_LINEAR_MAX_ROWS = 64
@@ -71,6 +74,11 @@ def _build() -> Optional[ctypes.CDLL]:
     lib.seer_rotary.restype = None
     lib.seer_rotary.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [
         ctypes.c_int]
+    lib.seer_silu_mul.restype = None
+    lib.seer_silu_mul.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int64] * 2 + [ctypes.c_int]
+    lib.seer_decode_layers.restype = ctypes.c_int
+    lib.seer_decode_layers.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_int64] + [ctypes.c_void_p] * 5
     for fn in (lib.seer_int_linear_q8, lib.seer_int_linear_q4):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
@@ -187,4 +195,27 @@ def rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> Optional[to
     out = torch.empty(T, H, D, dtype=x.dtype)
     _lib.seer_rotary(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), out.data_ptr(), T, H, D,
                      torch.get_num_threads())
+    return out
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``F.silu(gate) * up`` for ``gate_up`` ``[T, 2I]`` fp32 on CPU, contiguous (gate the first half)."""
+    T, I2 = gate_up.shape
+    out = torch.empty(T, I2 // 2, dtype=gate_up.dtype)
+    _lib.seer_silu_mul(gate_up.data_ptr(), out.data_ptr(), T, I2 // 2, torch.get_num_threads())
+    return out
+
+
+def decode_layers(layers, nlayers: int, dims, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                  meta) -> torch.Tensor:
+    """A pure decode step of ``x`` ``[M, hidden]`` through ``nlayers`` layers described by ``layers``
+    and ``dims`` (``seer.layers.decode_stack``'s structures); cos/sin ``[M, 1, head_dim]`` fp32;
+    ``meta``'s slot mapping, decode blocks and lengths int64. Returns the last layer's output."""
+    out = x.contiguous().clone()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    rc = _lib.seer_decode_layers(ctypes.addressof(layers), nlayers, ctypes.addressof(dims), out.data_ptr(),
+                                 out.shape[0], cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),
+                                 meta.decode_blocks.data_ptr(), meta.decode_lens.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"native decode step failed (code {rc})")
     return out

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..engine.parallel import SINGLE, TPGroup
+from .. import kernels
 from ..layers.attention import AttentionMetadata, paged_attention
+from ..layers.decode_stack import DecodeStack
 from ..layers.linear import Linear
 from ..layers.norm import RMSNorm
 from ..layers.vocab import ParallelLMHead, VocabParallelEmbedding, finish_vocab
@@ -86,6 +88,14 @@ class DecoderSpec:
         )
 
 
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` of a fused gate/up projection's output (gate the first half)."""
+    if gate_up.device.type == "cpu" and gate_up.dtype == torch.float32 and kernels.available():
+        return kernels.silu_mul(gate_up.contiguous())  # the kernel the native decode step uses too
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
 class DecoderLayer(nn.Module):
     """One decoder layer; with ``tp`` ranks it holds this rank's heads and MLP columns, and the
     outputs of ``o_proj`` and ``down_proj`` (partial sums) are all-reduced."""
@@ -124,8 +134,7 @@ class DecoderLayer(nn.Module):
         q, k = apply_rotary(q, k, *rope)
         o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, s.head_dim ** -0.5)
         x = x + self.tp.all_reduce(self.o_proj(o.view(-1, self.q_size)))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.tp.all_reduce(self.down_proj(F.silu(gate) * up))
+        return x + self.tp.all_reduce(self.down_proj(silu_mul(self.gate_up_proj(self.post_attention_layernorm(x)))))
 
 
 class LlamaForCausalLM(nn.Module):
@@ -141,6 +150,8 @@ class LlamaForCausalLM(nn.Module):
         self.norm = RMSNorm(s.hidden_size, s.rms_norm_eps)
         self.lm_head = ParallelLMHead(s.hidden_size, s.vocab_size, tp)
         self.rotary: Optional[nn.Module] = None
+        self._stack: Optional[DecodeStack] = None  # the native decode step's description, made on first use
+        self._stack_tried = False
         params = getattr(hf_text_config, "rope_parameters", None) or {}
         self.mrope_section = params.get("mrope_section")  # M-RoPE (Qwen2-VL): positions are [3, T]
 
@@ -161,9 +172,23 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, kv_caches, meta: AttentionMetadata):
         x = embeds
         rope = self.rotary(positions, x.dtype)
+        stack = self._decode_stack(kv_caches) if x.device.type == "cpu" else None
+        if stack is not None and stack.applies(x, meta):
+            return self.norm(stack(x, rope, meta))
         for layer, kv in zip(self.layers, kv_caches):
             x = layer(x, rope, kv, meta)
         return self.norm(x)
+
+    def _decode_stack(self, kv_caches) -> Optional[DecodeStack]:
+        """The native decode step over these caches, where it applies to this model's layers."""
+        if self._stack is not None and self._stack.fits(kv_caches):
+            return self._stack
+        if self._stack is None and self._stack_tried:
+            return None
+        self._stack_tried = True
+        self._stack = DecodeStack.build(list(self.layers), self.spec, kv_caches) \
+            if all(type(m) is DecoderLayer for m in self.layers) else None
+        return self._stack
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.logits(hidden)

@@ -1,0 +1,124 @@
+"""A decode step through all of a Llama-style decoder's layers in one native call (CPU, fp32).
+
+At batch 1 a decoder layer is a dozen small operations, and dispatching each from Python costs
+about as much as reading the layer's int8 weights. ``DecodeStack`` describes the layers once
+(the addresses of their weights, their KV caches and their kinds of linear layer) to
+``kernels.decode_layers``, which runs the same kernels the Python path runs, in the same order,
+for a whole step. A decode row gets bitwise the result of the layer-by-layer forward.
+
+It applies to a pure decode step (one token per sequence, attention without a sliding-window
+mask) of ``seer.models.llama.DecoderLayer``s on one rank without per-head q/k norms, in fp32 on
+CPU, whose linear layers are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native
+kernels' layouts), with at most ``kernels.SMALL_LINEAR_MAX_ROWS`` rows where a layer is fp32
+(beyond that the Python path uses BLAS). Anything else uses the Python path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Optional
+
+import torch
+
+from .. import kernels
+from .attention import AttentionMetadata
+from .linear import Linear
+from .quant import Int4Linear, Int8Linear
+
+
+class _Lin(ctypes.Structure):
+    _fields_ = [("kind", ctypes.c_int64), ("w", ctypes.c_void_p), ("scales", ctypes.c_void_p),
+                ("bias", ctypes.c_void_p), ("K", ctypes.c_int64), ("N", ctypes.c_int64)]
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qkv", _Lin), ("o", _Lin),
+                ("gate_up", _Lin), ("down", _Lin), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p)]
+
+
+class _Dims(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_int64) for f in ("hidden", "heads", "kv_heads", "head_dim", "inter", "block_size",
+                                              "max_blocks", "bf16", "threads")] + [
+        ("eps", ctypes.c_double), ("scale", ctypes.c_double)]
+
+
+_KINDS = {Linear: 0, Int8Linear: 1, Int4Linear: 2}
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _lin(m) -> Optional[_Lin]:
+    kind = _KINDS.get(type(m))
+    if kind is None or (m.bias is not None and (m.bias.dtype != torch.float32 or not m.bias.is_contiguous())):
+        return None
+    if kind == 0:
+        w = m.weight
+        if w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
+            return None
+        return _Lin(0, w.data_ptr(), None, _ptr(m.bias), m.in_features, m.out_features)
+    if m.in_features > kernels.INT_LINEAR_MAX_K or m.qweight.device.type != "cpu":
+        return None
+    return _Lin(kind, m.qweight.data_ptr(), m.scales.data_ptr(), _ptr(m.bias), m.in_features, m.out_features)
+
+
+def _cache_key(kv_caches) -> list:
+    return [(t.data_ptr(), t.shape, t.dtype) for pair in kv_caches for t in pair]
+
+
+class DecodeStack:
+    """The native description of ``layers`` over ``kv_caches``; ``build`` returns None where the
+    native step does not apply to these layers at all."""
+
+    def __init__(self, layers, spec, kv_caches, structs):
+        self.spec = spec
+        self.nlayers = len(layers)
+        self.structs = structs
+        self.kv_key = _cache_key(kv_caches)
+        self.bf16 = kv_caches[0][0].dtype == torch.bfloat16
+        self.block_size = kv_caches[0][0].shape[1]
+        self.fp32_linear = any(s.qkv.kind == 0 or s.o.kind == 0 or s.gate_up.kind == 0 or s.down.kind == 0
+                               for s in structs)
+        self._layers = layers  # the weights' addresses above stay valid while these live (the caches'
+        # are checked by ``fits`` before every step: a new pool means a new description)
+
+    @classmethod
+    def build(cls, layers, spec, kv_caches) -> Optional["DecodeStack"]:
+        if (not kernels.available() or spec.tp_size != 1 or spec.qk_norm or len(kv_caches) != len(layers)
+                or not layers):
+            return None
+        dtypes = {t.dtype for pair in kv_caches for t in pair}
+        if not dtypes <= {torch.float32, torch.bfloat16} or len(dtypes) != 1:
+            return None
+        structs = (_Layer * len(layers))()
+        for s, layer, (kc, vc) in zip(structs, layers, kv_caches):
+            norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
+            if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
+                return None
+            lins = [_lin(getattr(layer, n)) for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
+            if any(x is None for x in lins) or kc.device.type != "cpu":
+                return None
+            s.ln1, s.ln2 = norms[0].data_ptr(), norms[1].data_ptr()
+            s.qkv, s.o, s.gate_up, s.down = lins
+            s.kc, s.vc = kc.data_ptr(), vc.data_ptr()
+        return cls(layers, spec, kv_caches, structs)
+
+    def fits(self, kv_caches) -> bool:
+        """Whether this description is of these caches (a new pool means a new description)."""
+        return _cache_key(kv_caches) == self.kv_key
+
+    def applies(self, x: torch.Tensor, meta: AttentionMetadata) -> bool:
+        """Whether this step is one the native call serves."""
+        m = x.shape[0]
+        return (x.dtype == torch.float32 and x.device.type == "cpu" and meta.num_decode == m > 0
+                and not meta.prefills and meta.decode_mask is None and meta.local is None
+                and not (self.fp32_linear and m > kernels.SMALL_LINEAR_MAX_ROWS))
+
+    def __call__(self, x: torch.Tensor, rope, meta: AttentionMetadata) -> torch.Tensor:
+        s = self.spec
+        cos, sin = rope
+        dims = _Dims(s.hidden_size, s.local_heads, s.local_kv_heads, s.head_dim, s.local_intermediate, self.block_size,
+                     meta.decode_blocks.shape[1], int(self.bf16), torch.get_num_threads(), s.rms_norm_eps,
+                     s.head_dim ** -0.5)
+        return kernels.decode_layers(self.structs, self.nlayers, dims, x, cos, sin, meta)

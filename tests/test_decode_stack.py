@@ -1,0 +1,74 @@
+"""The native decode step (``seer.layers.decode_stack``): a pure decode step through all of a
+Llama-style decoder's layers in one call gives bitwise what the layer-by-layer forward gives
+(the same tokens and the same logprobs, to the last bit), for fp32, int8 and int4 weights, an
+fp32 or bf16 KV cache, grouped-query attention and q/k/v biases; models or steps it does not
+serve (per-head q/k norms, steps with prefill rows) take the Python path."""
+
+import contextlib
+from unittest import mock
+
+import pytest
+import torch
+
+from seer import LLM, SamplingParams, kernels
+from seer.models import llama
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="no C compiler: no native kernels")
+
+PROMPTS = [f"tell me about item {i} " * (1 + i % 3) for i in range(6)]
+
+
+def _generate(path, stack: bool, **cfg):
+    """Tokens and logprobs of PROMPTS (all at once, then the first alone), and how many steps the
+    native decode step served."""
+    calls = []
+    real = kernels.decode_layers
+
+    def counted(*a, **k):
+        calls.append(a[4].shape[0])
+        return real(*a, **k)
+
+    off = mock.patch.object(llama.LlamaForCausalLM, "_decode_stack", lambda self, kv: None)
+    llm = LLM(model=path, enable_prefix_caching=False, **cfg)
+    try:
+        with mock.patch.object(kernels, "decode_layers", counted), (contextlib.nullcontext() if stack else off):
+            sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=2)
+            outs = [llm.generate(PROMPTS, sp, use_tqdm=False), llm.generate(PROMPTS[:1], sp, use_tqdm=False)]
+    finally:
+        llm.close()
+    got = [(o.outputs[0].token_ids, [{t: lp.logprob for t, lp in d.items()} for d in o.outputs[0].logprobs])
+           for out in outs for o in out]
+    return got, calls
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("quant,kv", [(None, "auto"), ("int8", "auto"), ("int4", "auto"), (None, "bfloat16"),
+                                      ("int8", "bfloat16")])
+def test_the_native_decode_step_is_bitwise_the_layer_by_layer_forward(request, arch, quant, kv):
+    path = request.getfixturevalue(f"tiny_{arch}")
+    want, none = _generate(path, stack=False, quantization=quant, kv_cache_dtype=kv)
+    got, calls = _generate(path, stack=True, quantization=quant, kv_cache_dtype=kv)
+    assert not none
+    assert 1 in calls and len(PROMPTS) in calls  # it served decode steps of one and of all the sequences
+    assert got == want
+
+
+def test_models_and_steps_it_does_not_serve_take_the_python_path(tiny_qwen3, tiny_llama):
+    _, calls = _generate(tiny_qwen3, stack=True)
+    assert not calls  # per-head q/k norms: the layer-by-layer forward
+    llm = LLM(model=tiny_llama)
+    try:
+        model = llm._pipe.family.model
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=2), use_tqdm=False)
+        stack = model._stack
+        assert stack is not None and stack.fits(llm._pipe.engine.runner.kv_caches)
+        x = torch.zeros(2, model.spec.hidden_size)
+        meta = mock.Mock(num_decode=1, prefills=[object()], decode_mask=None, local=None)
+        assert not stack.applies(x, meta)  # a step with prefill rows
+        meta.num_decode, meta.prefills = 2, []
+        assert stack.applies(x, meta)
+        meta.num_decode = kernels.SMALL_LINEAR_MAX_ROWS + 1  # fp32 weights: BLAS serves more rows
+        assert not stack.applies(torch.zeros(meta.num_decode, model.spec.hidden_size), meta)
+        assert not stack.fits([(torch.zeros(1), torch.zeros(1))])  # another pool: described anew
+    finally:
+        llm.close()
