@@ -191,7 +191,8 @@ def test_a_request_too_big_for_the_pool_fails_alone(tiny_llava):
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
-@pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (16, 640, 1920, False)])
+@pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (9, 48, 30, True),
+                                        (16, 640, 1920, False), (64, 96, 66, False)])
 def test_small_linear_equals_torch(M, K, N, bias):
     g = torch.Generator().manual_seed(M)
     x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
