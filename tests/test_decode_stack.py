@@ -1,8 +1,9 @@
 """The native decode step (``seer.layers.decode_stack``): a pure decode step through all of a
 Llama-style decoder's layers in one call gives bitwise what the layer-by-layer forward gives
 (the same tokens and the same logprobs, to the last bit), for fp32, int8 and int4 weights, an
-fp32 or bf16 KV cache, grouped-query attention and q/k/v biases; models or steps it does not
-serve (per-head q/k norms, steps with prefill rows) take the Python path."""
+fp32 or bf16 KV cache, grouped-query attention, q/k/v biases and per-head q/k norms (Qwen3);
+steps it does not serve (prefill rows, a sliding-window mask, more rows than the fp32 kernel
+takes) take the Python path."""
 
 import contextlib
 from unittest import mock
@@ -41,7 +42,7 @@ def _generate(path, stack: bool, **cfg):
     return got, calls
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 @pytest.mark.parametrize("quant,kv", [(None, "auto"), ("int8", "auto"), ("int4", "auto"), (None, "bfloat16"),
                                       ("int8", "bfloat16")])
 def test_the_native_decode_step_is_bitwise_the_layer_by_layer_forward(request, arch, quant, kv):
@@ -53,9 +54,7 @@ def test_the_native_decode_step_is_bitwise_the_layer_by_layer_forward(request, a
     assert got == want
 
 
-def test_models_and_steps_it_does_not_serve_take_the_python_path(tiny_qwen3, tiny_llama):
-    _, calls = _generate(tiny_qwen3, stack=True)
-    assert not calls  # per-head q/k norms: the layer-by-layer forward
+def test_steps_it_does_not_serve_take_the_python_path(tiny_llama):
     llm = LLM(model=tiny_llama)
     try:
         model = llm._pipe.family.model
@@ -67,6 +66,9 @@ def test_models_and_steps_it_does_not_serve_take_the_python_path(tiny_qwen3, tin
         assert not stack.applies(x, meta)  # a step with prefill rows
         meta.num_decode, meta.prefills = 2, []
         assert stack.applies(x, meta)
+        meta.decode_mask = torch.ones(2, 1, 1, 16, dtype=torch.bool)  # a sliding window's mask
+        assert not stack.applies(x, meta)
+        meta.decode_mask = None
         meta.num_decode = kernels.SMALL_LINEAR_MAX_ROWS + 1  # fp32 weights: BLAS serves more rows
         assert not stack.applies(torch.zeros(meta.num_decode, model.spec.hidden_size), meta)
         assert not stack.fits([(torch.zeros(1), torch.zeros(1))])  # another pool: described anew

@@ -211,7 +211,7 @@ def decode_layers(layers, nlayers: int, dims, x: torch.Tensor, cos: torch.Tensor
     """A pure decode step of ``x`` ``[M, hidden]`` through ``nlayers`` layers described by ``layers``
     and ``dims`` (``seer.layers.decode_stack``'s structures); cos/sin ``[M, 1, head_dim]`` fp32;
     ``meta``'s slot mapping, decode blocks and lengths int64. Returns the last layer's output."""
-    out = x.contiguous().clone()
+    out = x.clone(memory_format=torch.contiguous_format)  # the kernel writes the layers' output over it
     cos, sin = cos.contiguous(), sin.contiguous()
     rc = _lib.seer_decode_layers(ctypes.addressof(layers), nlayers, ctypes.addressof(dims), out.data_ptr(),
                                  out.shape[0], cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),

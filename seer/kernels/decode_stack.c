@@ -8,8 +8,7 @@
  * and on the same rows, so a decode row gets bitwise the result of seer.models.llama's
  * DecoderLayer.forward.
  *
- * One token per sequence (a pure decode step), no tensor parallelism, no per-head q/k norm,
- * full attention (seer/layers/decode_stack.py checks when this applies).
+ * One token per sequence (a pure decode step), no tensor parallelism, full attention (seer/layers/decode_stack.py checks when this applies).
  *
  *   x      [M, hidden]  the embeddings in, the last layer's output out (before the final norm)
  *   cos/sin [M, head_dim] the rotary tables of each row's position
@@ -38,6 +37,7 @@ typedef struct {
 
 typedef struct {
     const float *ln1, *ln2; /* input_layernorm, post_attention_layernorm weights */
+    const float *qn, *kn;   /* per-head q/k RMSNorm weights (Qwen3), or NULL */
     seer_lin_t qkv, o, gate_up, down;
     void *kc, *vc;
 } seer_layer_t;
@@ -118,19 +118,29 @@ int seer_decode_layers(const seer_layer_t *layers, int64_t nlayers, const seer_d
     const int64_t H = d->hidden, D = d->head_dim, qs = d->heads * D, kvs = d->kv_heads * D, I = d->inter;
     const int64_t wqkv = qs + 2 * kvs, th = d->threads;
     const int bf16 = (int)d->bf16;
-    /* scratch: h [M, H], qkv [M, wqkv], q [M, qs], k [M, kvs], attn [M, qs], t [M, H], gu [M, 2I], act [M, I] */
-    const int64_t per_row = H + wqkv + qs + kvs + qs + H + 2 * I + I;
+    /* scratch: h [M, H], qkv [M, wqkv], q [M, qs], k [M, kvs], attn [M, qs], t [M, H], gu [M, 2I], act [M, I],
+     * normed [M, qs + kvs] (q/k norms) */
+    const int64_t per_row = H + wqkv + qs + kvs + qs + H + 2 * I + I + qs + kvs;
     float *buf = malloc(sizeof(float) * M * per_row);
     if (!buf) return 1;
     float *h = buf, *qkv = h + M * H, *q = qkv + M * wqkv, *k = q + M * qs, *attn = k + M * kvs,
-          *t = attn + M * qs, *gu = t + M * H, *act = gu + M * 2 * I;
+          *t = attn + M * qs, *gu = t + M * H, *act = gu + M * 2 * I, *qn = act + M * I, *kn = qn + M * qs;
     int rc = 0;
     for (int64_t li = 0; li < nlayers && !rc; li++) {
         const seer_layer_t *L = &layers[li];
         seer_rms_norm(x, H, L->ln1, h, M, H, (float)d->eps, th);
         if ((rc = linear(&L->qkv, h, qkv, M, th))) break;
-        seer_rotary(qkv, wqkv, cos, sin, q, M, d->heads, D, th);
-        seer_rotary(qkv + qs, wqkv, cos, sin, k, M, d->kv_heads, D, th);
+        const float *qsrc = qkv, *ksrc = qkv + qs;
+        int64_t qstride = wqkv, kstride = wqkv;
+        if (L->qn) { /* each head's q and k normalised first, as [tokens * heads, D] rows */
+            for (int64_t m = 0; m < M; m++) {
+                seer_rms_norm(qkv + m * wqkv, D, L->qn, qn + m * qs, d->heads, D, (float)d->eps, 1);
+                seer_rms_norm(qkv + m * wqkv + qs, D, L->kn, kn + m * kvs, d->kv_heads, D, (float)d->eps, 1);
+            }
+            qsrc = qn, ksrc = kn, qstride = qs, kstride = kvs;
+        }
+        seer_rotary(qsrc, qstride, cos, sin, q, M, d->heads, D, th);
+        seer_rotary(ksrc, kstride, cos, sin, k, M, d->kv_heads, D, th);
         for (int64_t m = 0; m < M; m++) {
             put_row(L->kc, slots[m], k + m * kvs, kvs, bf16);
             put_row(L->vc, slots[m], qkv + m * wqkv + qs + kvs, kvs, bf16);

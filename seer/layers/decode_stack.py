@@ -7,8 +7,7 @@ about as much as reading the layer's int8 weights. ``DecodeStack`` describes the
 for a whole step. A decode row gets bitwise the result of the layer-by-layer forward.
 
 It applies to a pure decode step (one token per sequence, attention without a sliding-window
-mask) of ``seer.models.llama.DecoderLayer``s on one rank without per-head q/k norms, in fp32 on
-CPU, whose linear layers are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native
+mask) of ``seer.models.llama.DecoderLayer``s on one rank, in fp32 on CPU, whose linear layers are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native
 kernels' layouts), with at most ``kernels.SMALL_LINEAR_MAX_ROWS`` rows where a layer is fp32
 (beyond that the Python path uses BLAS). Anything else uses the Python path.
 """
@@ -32,7 +31,8 @@ class _Lin(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qkv", _Lin), ("o", _Lin),
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qn", ctypes.c_void_p), ("kn", ctypes.c_void_p),
+                ("qkv", _Lin), ("o", _Lin),
                 ("gate_up", _Lin), ("down", _Lin), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p)]
 
 
@@ -85,7 +85,7 @@ class DecodeStack:
 
     @classmethod
     def build(cls, layers, spec, kv_caches) -> Optional["DecodeStack"]:
-        if (not kernels.available() or spec.tp_size != 1 or spec.qk_norm or len(kv_caches) != len(layers)
+        if (not kernels.available() or spec.tp_size != 1 or len(kv_caches) != len(layers)
                 or not layers):
             return None
         dtypes = {t.dtype for pair in kv_caches for t in pair}
@@ -93,13 +93,17 @@ class DecodeStack:
             return None
         structs = (_Layer * len(layers))()
         for s, layer, (kc, vc) in zip(structs, layers, kv_caches):
-            norms = (layer.input_layernorm.weight, layer.post_attention_layernorm.weight)
-            if any(w.dtype != torch.float32 or w.device.type != "cpu" for w in norms):
+            norms = [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            if spec.qk_norm:
+                norms += [layer.q_norm.weight, layer.k_norm.weight]
+            if any(w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous() for w in norms):
                 return None
             lins = [_lin(getattr(layer, n)) for n in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")]
             if any(x is None for x in lins) or kc.device.type != "cpu":
                 return None
             s.ln1, s.ln2 = norms[0].data_ptr(), norms[1].data_ptr()
+            if spec.qk_norm:
+                s.qn, s.kn = norms[2].data_ptr(), norms[3].data_ptr()
             s.qkv, s.o, s.gate_up, s.down = lins
             s.kc, s.vc = kc.data_ptr(), vc.data_ptr()
         return cls(layers, spec, kv_caches, structs)

@@ -129,8 +129,9 @@ class DecoderLayer(nn.Module):
         q = q.view(-1, s.local_heads, s.head_dim)
         k = k.view(-1, s.local_kv_heads, s.head_dim)
         v = v.view(-1, s.local_kv_heads, s.head_dim)
-        if s.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        if s.qk_norm:  # over [tokens * heads, head_dim] rows: the native kernel's shape, as the decode step's
+            q = self.q_norm(q.reshape(-1, s.head_dim)).view(q.shape)
+            k = self.k_norm(k.reshape(-1, s.head_dim)).view(k.shape)
         q, k = apply_rotary(q, k, *rope)
         o = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, s.head_dim ** -0.5)
         x = x + self.tp.all_reduce(self.o_proj(o.view(-1, self.q_size)))
