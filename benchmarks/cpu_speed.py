@@ -2,11 +2,14 @@
 
 The 110M Llama of ``text_llm.py`` (hidden 768, 12 layers, vocab 32000), 2 threads. Decode:
 32-token prompts (token ids), 128 new tokens, eos ignored, batch 1 / 16 / 64, aggregate output
-tokens/s. Prefill: 512-token prompts, one new token, batch 1 / 8, prompt tokens/s. seer runs
-through ``LLM.generate`` (fp32, ``quantization="int8"``, ``"int4"``), llama.cpp through
-``llama-batched-bench`` (f32, q8_0, q4_0; ``benchmarks/llamacpp.py build`` makes it). Each
-measurement is its own process; the engines alternate, ``--repeats`` rounds, best of each kept
-(the cores are shared: a single figure can be off by 2x).
+tokens/s of generation alone, as llama-batched-bench's S_TG counts it: seer's prompts are first
+prefilled by a ``generate`` of their own (the prefix cache is on, as by default), so the timed one
+recomputes one prompt token per request before its 128 decode steps. Prefill: 512-token prompts,
+one new token, batch 1 / 8, prompt tokens/s. seer runs through ``LLM.generate`` (fp32,
+``quantization="int8"``, ``"int4"``), llama.cpp through ``llama-batched-bench`` (f32, q8_0, q4_0;
+``benchmarks/llamacpp.py build`` makes it). Each measurement is its own process; the engines
+alternate, ``--repeats`` rounds, best of each kept (the cores are shared: a single figure can be
+off by 2x).
 
     python benchmarks/llamacpp.py build          # once: llama.cpp, the GGUF files (minutes)
     python benchmarks/cpu_speed.py --write       # the table into BENCHMARKS.md ("cpu" section)
@@ -52,7 +55,10 @@ def seer_child(quant: str, batch: int, npp: int, ntg: int) -> dict:
               max_num_batched_tokens=max(npp * batch, 512), max_model_len=npp + ntg + 8)
     prompts = [{"prompt_token_ids": [(7 * i + 13 * t) % 900 + 50 for t in range(npp)]} for i in range(batch)]
     params = SamplingParams(max_tokens=ntg, ignore_eos=True, temperature=0)
-    warm = [{"prompt_token_ids": [(11 * t) % 900 + 60 for t in range(npp)]}]  # shares no prefix with the prompts
+    if ntg > 1:  # decode: the prompts go through prefill first, so the timed run is generation (as S_TG)
+        warm = prompts
+    else:  # prefill: the warm-up shares no prefix with the prompts
+        warm = [{"prompt_token_ids": [(11 * t) % 900 + 60 for t in range(npp)]}]
     llm.generate(warm, SamplingParams(max_tokens=4, ignore_eos=True, temperature=0), use_tqdm=False)
     t = time.perf_counter()
     outs = llm.generate(prompts, params, use_tqdm=False)
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
                  f"Command: `python benchmarks/cpu_speed.py{'' if a.quants == 'f32,int8,int4' else ' --quants ' + a.quants}"
                  f" --write` ({time.strftime('%Y-%m-%d')}; {info.get('cpu', '')}, "
                  f"torch {info.get('torch', '')}; load average before and after each round: {', '.join(loads)}). "
-                 f"Decode: 32-token prompts, 128 new tokens, output tokens/s; prefill: 512-token prompts, prompt "
+                 f"Decode: 32-token prompts, 128 new tokens, output tokens/s of generation alone (seer's prompts "
+                 f"prefilled by an earlier call, as llama-batched-bench's S_TG leaves prompt processing out); prefill: 512-token prompts, prompt "
                  f"tokens/s. Each figure the best of {a.repeats}, the engines alternating row by row.", "",
                  "| kind | batch | seer / llama.cpp weights | seer tok/s | llama.cpp tok/s | seer / llama.cpp |",
                  "|---|---|---|---|---|---|", *rows]
