@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "pool.h"
+#include "vec.h"
 
 typedef struct {
     const float *q;
@@ -43,6 +44,16 @@ static inline __attribute__((always_inline)) float at(const void *row, int64_t i
     return f;
 }
 
+/* Elements i .. i + 15 of a cache row, as fp32. */
+static inline __attribute__((always_inline)) vf at16(const void *row, int64_t i, int bf16) {
+    if (!bf16) return loadf((const float *)row + i);
+    uint16_t h[VW];
+    memcpy(h, (const uint16_t *)row + i, sizeof h);
+    vi w;
+    for (int l = 0; l < VW; l++) w[l] = (int32_t)h[l] << 16;
+    return (vf)w;
+}
+
 /* Sequence b, kv heads [h0, h1): tokens in the outer loop so each token's rows for these
  * heads are read together (contiguous in memory), query heads of a group in the inner loop.
  * bf16 is a constant in each inlined copy. */
@@ -56,13 +67,19 @@ static inline __attribute__((always_inline)) void one_item(const job_t *j, int64
     float *out = j->out + (b * j->Hq + h0 * G) * D;
 
     /* scores[n * L + t] = scale * <q_n, k_t> for query head n of this range */
+    const int vec = D % VW == 0;
     for (int64_t t = 0; t < L; t++) {
         const char *k = (const char *)j->kc + ((tab[t / j->bs] * j->bs + t % j->bs) * row + h0 * D) * elem;
         for (int64_t n = 0; n < NH; n++) {
             const float *qn = q + n * D;
             const char *kn = k + (n / G) * D * elem;
             float s = 0.f;
-            for (int64_t d = 0; d < D; d++) s += qn[d] * at(kn, d, bf16);
+            if (vec) {
+                vf acc = {0};
+                for (int64_t d = 0; d < D; d += VW) acc = vfma(loadf(qn + d), at16(kn, d, bf16), acc);
+                s = hsum(acc);
+            } else
+                for (int64_t d = 0; d < D; d++) s += qn[d] * at(kn, d, bf16);
             scores[n * L + t] = s * j->scale;
         }
     }
@@ -80,7 +97,14 @@ static inline __attribute__((always_inline)) void one_item(const job_t *j, int64
             const float p = scores[n * L + t];
             const char *vn = v + (n / G) * D * elem;
             float *o = out + n * D;
-            for (int64_t d = 0; d < D; d++) o[d] += p * at(vn, d, bf16);
+            if (vec) {
+                const vf pv = (vf){0} + p;
+                for (int64_t d = 0; d < D; d += VW) {
+                    const vf r = vfma(pv, at16(vn, d, bf16), loadf(o + d));
+                    memcpy(o + d, &r, sizeof r);
+                }
+            } else
+                for (int64_t d = 0; d < D; d++) o[d] += p * at(vn, d, bf16);
         }
     }
 }
