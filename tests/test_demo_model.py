@@ -92,9 +92,9 @@ def _chat(scene, *turns):
 
 def test_heldout_phrasings_first_and_later_turns(demo_pipe):
     """A sample of the eval's held-out phrasings (scripts/eval_demo_model.py scores 500 per type).
-    A regression guard below the shipped model's level (88 of these 108, 81%; the weights before
-    the composed wordings got 82, 76%; the model before issue 17 about 40%), not issue 17's
-    targets, which it does not reach yet."""
+    A regression guard below the shipped model's level (97 of these 108, 90%; the weights before
+    the fourth fine-tuning got 88, 81%, before the composed wordings 82, 76%; the model before
+    issue 17 about 40%), not issue 17's targets, which it does not reach in every type yet."""
     items = [(kind, it) for kind in scenes.PHRASED_KINDS for later in (False, True)
              for it in scenes.phrased_eval_items(kind, 6, later=later)]
     convs = []
@@ -108,7 +108,7 @@ def test_heldout_phrasings_first_and_later_turns(demo_pipe):
         convs.append(msgs)
     got = [r.text.strip() for r in demo_pipe(convs, gen_config=GEN)]
     ok = [scenes.phrased_correct(kind, t, it[3], it[0]) for t, (kind, it) in zip(got, items)]
-    assert sum(ok) >= 0.75 * len(ok), [(it[2], it[3], t) for good, t, (_, it) in zip(ok, got, items) if not good]
+    assert sum(ok) >= 0.85 * len(ok), [(it[2], it[3], t) for good, t, (_, it) in zip(ok, got, items) if not good]
 
 
 def test_out_of_scope_questions_get_the_fixed_reply(demo_pipe):
