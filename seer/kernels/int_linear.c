@@ -207,6 +207,7 @@ typedef struct {
     int64_t M, wblock, sblock;
     int fmt, quantize; /* quantize: the threads' job is rounding x's rows, not the matmul */
     qx_t qx;
+    seer_chunks_t chunks; /* of blocks */
 } job_t;
 
 static void task(void *arg, int t, int n) {
@@ -217,13 +218,14 @@ static void task(void *arg, int t, int n) {
                       x->xsum);
         return;
     }
-    const int64_t blocks = (x->N + NB - 1) / NB;
-    for (int64_t blk = seer_split(blocks, t, n); blk < seer_split(blocks, t + 1, n); blk++) {
-        const uint8_t *w = j->w + blk * j->wblock;
-        const float *ws = j->ws + blk * j->sblock, *b = j->b ? j->b + blk * NB : 0;
-        if (j->fmt == Q8) q8_block(x, w, ws, b, j->y, j->M, blk * NB);
-        else q4_block(x, w, ws, b, j->y, j->M, blk * NB);
-    }
+    long long first, last;
+    while ((first = seer_chunks_take(&((job_t *)arg)->chunks, t, &last)) >= 0)
+        for (int64_t blk = first; blk < last; blk++) {
+            const uint8_t *w = j->w + blk * j->wblock;
+            const float *ws = j->ws + blk * j->sblock, *b = j->b ? j->b + blk * NB : 0;
+            if (j->fmt == Q8) q8_block(x, w, ws, b, j->y, j->M, blk * NB);
+            else q4_block(x, w, ws, b, j->y, j->M, blk * NB);
+        }
 }
 
 static int run(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M, int64_t K,
@@ -234,14 +236,15 @@ static int run(const float *x, const uint8_t *w, const float *ws, const float *b
     int8_t *xq = malloc(M * kp);
     float *xs = malloc(M * sizeof *xs);
     int32_t *xsum = malloc(M * nsums * sizeof *xsum);
-    job_t j = {x, ws, b, w, y, M, fmt == Q8 ? NB * kp : NB * K / 2, fmt == Q8 ? NB : NB * K / Q4_GROUP, fmt, 1,
-               {xq, xs, xsum, kp, K, N}};
+    const int64_t wblock = fmt == Q8 ? NB * kp : NB * K / 2;
+    job_t j = {x, ws, b, w, y, M, wblock, fmt == Q8 ? NB : NB * K / Q4_GROUP, fmt, 1, {xq, xs, xsum, kp, K, N}};
     const int rc = !xq || !xs || !xsum;
     if (!rc) {
         /* Small problems are not worth waking the other threads for. */
         if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
         seer_parallel(M * K < (int64_t)1 << 15 ? 1 : nthreads, task, &j);
         j.quantize = 0;
+        seer_chunks_init(&j.chunks, (N + NB - 1) / NB, nthreads, (1 << 16) / wblock + 1); /* ~64 KB of W */
         seer_parallel(nthreads, task, &j);
     }
     free(xq);

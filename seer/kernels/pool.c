@@ -18,7 +18,7 @@
 
 #include "pool.h"
 
-#define MAX_WORKERS 255
+#define MAX_WORKERS (SEER_MAX_THREADS - 1)
 #define SPIN 20000 /* pause instructions a waiting thread spins before it sleeps or yields */
 
 static struct {
@@ -114,4 +114,28 @@ void seer_parallel(int n, void (*fn)(void *, int, int), void *ctx) {
         else sched_yield();
     }
     pthread_mutex_unlock(&P.call);
+}
+
+void seer_chunks_init(seer_chunks_t *c, long long count, int n, long long chunk) {
+    if (n < 1) n = 1;
+    if (n > SEER_MAX_THREADS) n = SEER_MAX_THREADS;
+    c->n = n;
+    c->chunk = chunk > 0 ? chunk : 1;
+    for (int t = 0; t < n; t++) {
+        atomic_init(&c->next[t], seer_split(count, t, n));
+        c->end[t] = seer_split(count, t + 1, n);
+    }
+}
+
+long long seer_chunks_take(seer_chunks_t *c, int t, long long *last) {
+    for (int i = 0; i < c->n; i++) {
+        const int s = (t + i) % c->n; /* its own share first, then the next ones' */
+        if (atomic_load_explicit(&c->next[s], memory_order_relaxed) >= c->end[s]) continue;
+        const long long first = atomic_fetch_add(&c->next[s], c->chunk);
+        if (first < c->end[s]) {
+            *last = first + c->chunk < c->end[s] ? first + c->chunk : c->end[s];
+            return first;
+        }
+    }
+    return -1;
 }

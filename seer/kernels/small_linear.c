@@ -8,7 +8,7 @@
  * tiles share out the fetching of the thread's next block (prefetches, a row each, spread over
  * them): at 16 rows that took the matmuls from ~90 to ~118 GFLOP/s, at 64 from ~128 to ~140.
  *
- * Threads: pool.c's, over blocks of W's rows.
+ * Threads: pool.c's, over chunks of blocks of W's rows (seer_chunks_take: each its own share first).
  *
  *   x [M, K], W [N, K], b [N] or NULL, y [M, N]; all row-major and contiguous.
  * (Quantised weights: int_linear.c.)
@@ -75,17 +75,21 @@ typedef struct {
     const float *x, *w, *b;
     float *y;
     int64_t M, K, N;
+    seer_chunks_t chunks; /* of blocks */
 } job_t;
 
 static void task(void *arg, int t, int n) {
-    const job_t *j = arg;
-    const int64_t blocks = (j->N + NR - 1) / NR, K = j->K, N = j->N;
-    const int64_t last = seer_split(blocks, t + 1, n);
-    for (int64_t blk = seer_split(blocks, t, n); blk < last; blk++) {
-        const int64_t r = blk * NR;
-        const float *next = blk + 1 < last && r + 2 * NR <= N ? j->w + (r + NR) * K : 0; /* a whole next block */
-        block(j->x, j->w + r * K, j->b ? j->b + r : 0, j->y + r, j->M, K, N, N - r < NR ? (int)(N - r) : NR, next);
-    }
+    (void)n;
+    job_t *j = arg;
+    const int64_t K = j->K, N = j->N;
+    long long first, last;
+    while ((first = seer_chunks_take(&j->chunks, t, &last)) >= 0)
+        for (int64_t blk = first; blk < last; blk++) {
+            const int64_t r = blk * NR;
+            const float *next = blk + 1 < last && r + 2 * NR <= N ? j->w + (r + NR) * K : 0; /* a whole next block */
+            block(j->x, j->w + r * K, j->b ? j->b + r : 0, j->y + r, j->M, K, N, N - r < NR ? (int)(N - r) : NR,
+                  next);
+        }
 }
 
 int seer_small_linear_f32(const float *x, const float *w, const float *b, float *y, int64_t M, int64_t K,
@@ -93,6 +97,7 @@ int seer_small_linear_f32(const float *x, const float *w, const float *b, float 
     /* Small problems are not worth waking the other threads for. */
     if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
     job_t j = {x, w, b, y, M, K, N};
+    seer_chunks_init(&j.chunks, (N + NR - 1) / NR, nthreads, (1 << 16) / (NR * K * (int64_t)sizeof(float))); /* ~64 KB */
     seer_parallel(nthreads, task, &j);
     return 0;
 }
