@@ -8,7 +8,8 @@
  * and on the same rows, so a decode row gets bitwise the result of seer.models.llama's
  * DecoderLayer.forward.
  *
- * One token per sequence (a pure decode step), no tensor parallelism, full attention (seer/layers/decode_stack.py checks when this applies).
+ * One token per sequence (a pure decode step), no tensor parallelism, full attention
+ * (seer/layers/decode_stack.py checks when this applies).
  *
  *   x      [M, hidden]  the embeddings in, the last layer's output out (before the final norm)
  *   cos/sin [M, head_dim] the rotary tables of each row's position

@@ -97,7 +97,8 @@ int seer_small_linear_f32(const float *x, const float *w, const float *b, float 
     /* Small problems are not worth waking the other threads for. */
     if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
     job_t j = {x, w, b, y, M, K, N};
-    seer_chunks_init(&j.chunks, (N + NR - 1) / NR, nthreads, (1 << 16) / (NR * K * (int64_t)sizeof(float))); /* ~64 KB */
+    const int64_t chunk = (1 << 16) / (NR * K * (int64_t)sizeof(float)); /* blocks in ~64 KB of W */
+    seer_chunks_init(&j.chunks, (N + NR - 1) / NR, nthreads, chunk);
     seer_parallel(nthreads, task, &j);
     return 0;
 }

@@ -7,9 +7,10 @@ about as much as reading the layer's int8 weights. ``DecodeStack`` describes the
 for a whole step. A decode row gets bitwise the result of the layer-by-layer forward.
 
 It applies to a pure decode step (one token per sequence, attention without a sliding-window
-mask) of ``seer.models.llama.DecoderLayer``s on one rank, in fp32 on CPU, whose linear layers are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native
-kernels' layouts), with at most ``kernels.SMALL_LINEAR_MAX_ROWS`` rows where a layer is fp32
-(beyond that the Python path uses BLAS). Anything else uses the Python path.
+mask) of ``seer.models.llama.DecoderLayer``s on one rank, in fp32 on CPU, whose linear layers
+are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native kernels' layouts), with at
+most ``kernels.SMALL_LINEAR_MAX_ROWS`` rows where a layer is fp32 (beyond that the Python path
+uses BLAS). Anything else uses the Python path.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ class _Lin(ctypes.Structure):
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qn", ctypes.c_void_p), ("kn", ctypes.c_void_p),
-                ("qkv", _Lin), ("o", _Lin),
-                ("gate_up", _Lin), ("down", _Lin), ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p)]
+    _fields_ = [("ln1", ctypes.c_void_p), ("ln2", ctypes.c_void_p), ("qn", ctypes.c_void_p),
+                ("kn", ctypes.c_void_p), ("qkv", _Lin), ("o", _Lin), ("gate_up", _Lin), ("down", _Lin),
+                ("kc", ctypes.c_void_p), ("vc", ctypes.c_void_p)]  # as seer_layer_t in decode_stack.c
 
 
 class _Dims(ctypes.Structure):

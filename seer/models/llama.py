@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.parallel import SINGLE, TPGroup
 from .. import kernels
+from ..engine.parallel import SINGLE, TPGroup
 from ..layers.attention import AttentionMetadata, paged_attention
 from ..layers.decode_stack import DecodeStack
 from ..layers.linear import Linear
