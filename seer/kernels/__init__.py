@@ -34,10 +34,9 @@ import torch
 log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
-_SRCS = [os.path.join(_DIR, f)
-         for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c", "norm_rope.c",
-                                  "decode_stack.c")]
-_HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h")]
+_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c",
+                                         "norm_rope.c", "decode_stack.c")]
+_HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h", "kernels.h")]
 # Rows up to which small_linear beats BLAS (MKL) on these CPUs: at 128 rows ~148 GFLOP/s against ~130,
 # at 256 ~145 against ~165 (the 110M model's matmuls, weights from memory; BENCHMARKS.md).
 SMALL_LINEAR_MAX_ROWS = 128

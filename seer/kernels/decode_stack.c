@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "pool.h"
 
 enum { LIN_F32, LIN_Q8, LIN_Q4 };
@@ -47,16 +48,6 @@ typedef struct {
     int64_t hidden, heads, kv_heads, head_dim, inter, block_size, max_blocks, bf16, threads;
     double eps, scale;
 } seer_dims_t;
-
-int seer_small_linear_f32(const float *, const float *, const float *, float *, int64_t, int64_t, int64_t, int);
-int seer_int_linear_q8(const float *, const uint8_t *, const float *, const float *, float *, int64_t, int64_t,
-                       int64_t, int);
-int seer_int_linear_q4(const float *, const uint8_t *, const float *, const float *, float *, int64_t, int64_t,
-                       int64_t, int);
-void seer_rms_norm(const float *, int64_t, const float *, float *, int64_t, int64_t, float, int);
-void seer_rotary(const float *, int64_t, const float *, const float *, float *, int64_t, int64_t, int64_t, int);
-int seer_paged_decode(const float *, const void *, const void *, const int64_t *, const int64_t *, float *, int64_t,
-                      int64_t, int64_t, int64_t, int64_t, int64_t, float, int, int);
 
 /* act[m, i] = silu(gu[m, i]) * gu[m, I + i]: the MLP's gate and up halves, as F.silu(gate) * up
  * (silu(g) = g / (1 + exp(-g)); this file is built with -ffast-math, so the loop is vectorised

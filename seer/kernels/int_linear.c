@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 #pragma GCC optimize("no-fast-math", "fp-contract=off")
+#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 
@@ -211,7 +212,7 @@ typedef struct {
 } job_t;
 
 static void task(void *arg, int t, int n) {
-    const job_t *j = arg;
+    job_t *j = arg;
     const qx_t *x = &j->qx;
     if (j->quantize) {
         quantize_rows(j->x, seer_split(j->M, t, n), seer_split(j->M, t + 1, n), x->K, x->kp, j->fmt, x->xq, x->xs,
@@ -219,7 +220,7 @@ static void task(void *arg, int t, int n) {
         return;
     }
     long long first, last;
-    while ((first = seer_chunks_take(&((job_t *)arg)->chunks, t, &last)) >= 0)
+    while ((first = seer_chunks_take(&j->chunks, t, &last)) >= 0)
         for (int64_t blk = first; blk < last; blk++) {
             const uint8_t *w = j->w + blk * j->wblock;
             const float *ws = j->ws + blk * j->sblock, *b = j->b ? j->b + blk * NB : 0;

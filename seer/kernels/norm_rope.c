@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 #pragma GCC optimize("no-fast-math", "fp-contract=off")
+#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 

@@ -73,14 +73,15 @@ class DecodeStack:
     native step does not apply to these layers at all."""
 
     def __init__(self, layers, spec, kv_caches, structs):
-        self.spec = spec
         self.nlayers = len(layers)
         self.structs = structs
         self.kv_key = _cache_key(kv_caches)
-        self.bf16 = kv_caches[0][0].dtype == torch.bfloat16
-        self.block_size = kv_caches[0][0].shape[1]
         self.fp32_linear = any(s.qkv.kind == 0 or s.o.kind == 0 or s.gate_up.kind == 0 or s.down.kind == 0
                                for s in structs)
+        k = kv_caches[0][0]  # the step's shapes; max_blocks and threads are set per call
+        self.dims = _Dims(spec.hidden_size, spec.local_heads, spec.local_kv_heads, spec.head_dim,
+                          spec.local_intermediate, k.shape[1], 0, int(k.dtype == torch.bfloat16), 0,
+                          spec.rms_norm_eps, spec.head_dim ** -0.5)
         self._layers = layers  # the weights' addresses above stay valid while these live (the caches'
         # are checked by ``fits`` before every step: a new pool means a new description)
 
@@ -121,9 +122,5 @@ class DecodeStack:
                 and not (self.fp32_linear and m > kernels.SMALL_LINEAR_MAX_ROWS))
 
     def __call__(self, x: torch.Tensor, rope, meta: AttentionMetadata) -> torch.Tensor:
-        s = self.spec
-        cos, sin = rope
-        dims = _Dims(s.hidden_size, s.local_heads, s.local_kv_heads, s.head_dim, s.local_intermediate, self.block_size,
-                     meta.decode_blocks.shape[1], int(self.bf16), torch.get_num_threads(), s.rms_norm_eps,
-                     s.head_dim ** -0.5)
-        return kernels.decode_layers(self.structs, self.nlayers, dims, x, cos, sin, meta)
+        self.dims.max_blocks, self.dims.threads = meta.decode_blocks.shape[1], torch.get_num_threads()
+        return kernels.decode_layers(self.structs, self.nlayers, self.dims, x, *rope, meta)
