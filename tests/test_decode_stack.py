@@ -2,8 +2,8 @@
 Llama-style decoder's layers in one call gives bitwise what the layer-by-layer forward gives
 (the same tokens and the same logprobs, to the last bit), for fp32, int8 and int4 weights, an
 fp32 or bf16 KV cache, grouped-query attention, q/k/v biases and per-head q/k norms (Qwen3);
-steps it does not serve (prefill rows, a sliding-window mask, more rows than the fp32 kernel
-takes) take the Python path."""
+steps it does not serve (prefill rows, a sliding-window mask) and layers it does not know
+(unpacked fp32 weights) take the Python path."""
 
 import contextlib
 from unittest import mock
@@ -69,8 +69,15 @@ def test_steps_it_does_not_serve_take_the_python_path(tiny_llama):
         meta.decode_mask = torch.ones(2, 1, 1, 16, dtype=torch.bool)  # a sliding window's mask
         assert not stack.applies(x, meta)
         meta.decode_mask = None
-        meta.num_decode = kernels.SMALL_LINEAR_MAX_ROWS + 1  # fp32 weights: BLAS serves more rows
-        assert not stack.applies(torch.zeros(meta.num_decode, model.spec.hidden_size), meta)
+        meta.num_decode = 300  # the packed fp32 kernel serves any number of rows
+        assert stack.applies(torch.zeros(meta.num_decode, model.spec.hidden_size), meta)
         assert not stack.fits([(torch.zeros(1), torch.zeros(1))])  # another pool: described anew
+    finally:
+        llm.close()
+    with mock.patch("seer.models.base.pack_linears", lambda model: 0):  # fp32 weights as loaded
+        llm = LLM(model=tiny_llama)
+    try:
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=2), use_tqdm=False)
+        assert llm._pipe.family.model._stack is None
     finally:
         llm.close()

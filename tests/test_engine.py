@@ -201,6 +201,57 @@ def test_small_linear_equals_torch(M, K, N, bias):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+@pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (13, 48, 30, True),
+                                        (16, 640, 1920, False), (64, 96, 66, True), (300, 33, 100, False)])
+def test_panel_linear_equals_torch_and_a_row_is_the_same_alone(M, K, N, bias):
+    """The packed fp32 matmul: torch's result up to rounding, N not a multiple of the panel width
+    (columns past N are padding), and each row bitwise what it is alone or in any other batch."""
+    g = torch.Generator().manual_seed(M)
+    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
+    b = torch.randn(N, generator=g) if bias else None
+    packed = kernels.pack_panels(w)
+    assert packed.shape == (-(-N // kernels.PANEL), K, kernels.PANEL)
+    assert torch.equal(kernels.unpack_panels(packed, N), w)
+    y = kernels.panel_linear(x, packed, b, N)
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, w, b), rtol=1e-5, atol=1e-4)
+    for lo, hi in [(0, 1), (M - 1, M), (M // 3, M // 2 + 1), (1, M)]:
+        if lo < hi:
+            assert torch.equal(kernels.panel_linear(x[lo:hi].contiguous(), packed, b, N), y[lo:hi])
+
+
+@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
+def test_packed_linear_layers_free_their_weight_and_keep_their_answers():
+    """``pack_linears``: an fp32 ``Linear`` moves its weight into the panel layout (one copy left),
+    answers as before for 1-D, 2-D and 3-D inputs, and with add_bias=False; a head tied to seer's
+    embedding is packed and the embedding looks its rows up there; a weight shared with a module
+    that cannot use the packed copy stays as it is."""
+    from torch import nn
+
+    from seer.layers.linear import Linear, pack_linears
+    from seer.layers.vocab import ParallelLMHead, VocabParallelEmbedding, finish_vocab
+
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.a, model.b = Linear(48, 70), Linear(48, 70, bias=False)
+    model.emb = nn.Embedding(70, 48)
+    model.b.weight = model.emb.weight  # tied to a module that only knows its weight
+    model.vemb, model.head = VocabParallelEmbedding(70, 48), ParallelLMHead(48, 70)
+    nn.init.normal_(model.vemb.weight)
+    finish_vocab(model.vemb, model.head, tie=True)
+    x, ids = torch.randn(2, 5, 48), torch.tensor([[0, 69, 33], [31, 32, 5]])
+    want = [model.a(x), model.a(x[0, 0]), torch.nn.functional.linear(x, model.a.weight), model.b(x),
+            model.head(x), model.vemb(ids)]
+    assert pack_linears(model) == 2
+    assert model.a.packed is not None and model.a.weight.numel() == 0 and model.b.packed is None
+    assert model.head.packed is model.vemb.packed is not None and model.vemb.weight.numel() == 0
+    got = [model.a(x), model.a(x[0, 0]), model.a(x, add_bias=False), model.b(x), model.head(x), model.vemb(ids)]
+    assert torch.equal(got[-1], want[-1])
+    for g_, w_ in zip(got, want):
+        assert g_.shape == w_.shape
+        torch.testing.assert_close(g_, w_, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.skipif(not kernels.available() or not hasattr(os, "fork"), reason="no native kernels or no fork")
 def test_native_kernels_work_in_a_forked_child_and_from_threads():
     """The kernels' thread pool: a child forked after the parent started its workers starts its own

@@ -34,7 +34,8 @@ import torch
 log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
-_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "int_linear.c",
+_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "panel_linear.c",
+                                         "int_linear.c",
                                          "norm_rope.c", "decode_stack.c")]
 _HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h", "kernels.h")]
 # Rows up to which small_linear beats BLAS (MKL) on these CPUs: at 128 rows ~148 GFLOP/s against ~130,
@@ -68,6 +69,8 @@ def _build() -> Optional[ctypes.CDLL]:
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
     lib.seer_small_linear_f32.restype = ctypes.c_int
     lib.seer_small_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
+    lib.seer_panel_linear_f32.restype = ctypes.c_int
+    lib.seer_panel_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.seer_rms_norm.restype = None
     lib.seer_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                   ctypes.c_int64, ctypes.c_int64, ctypes.c_float, ctypes.c_int]
@@ -136,6 +139,29 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """``x @ weight.T + bias`` for ``x`` ``[M, K]`` with few rows; fp32, CPU, contiguous."""
     return _linear(_lib.seer_small_linear_f32, x, weight, bias)
+
+
+PANEL = 32  # output columns per panel of ``pack_panels``' layout (NR in panel_linear.c)
+
+
+def pack_panels(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` ``[N, K]`` in ``panel_linear``'s layout: ``[ceil(N / PANEL), K, PANEL]``, for each
+    k the weights of a panel's ``PANEL`` output columns together (zero past column N)."""
+    n, k = weight.shape
+    pad = -n % PANEL
+    w = torch.cat([weight, weight.new_zeros(pad, k)]) if pad else weight
+    return w.reshape(-1, PANEL, k).transpose(1, 2).contiguous()
+
+
+def unpack_panels(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``[N, K]`` weight back from ``pack_panels``' layout."""
+    return packed.transpose(1, 2).reshape(-1, packed.shape[1])[:n]
+
+
+def panel_linear(x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], n: int) -> torch.Tensor:
+    """``x @ W.T + bias`` for ``x`` ``[M, K]`` (any M) with ``W`` ``[n, K]`` in ``pack_panels``' layout;
+    fp32, CPU, contiguous. A row's result does not depend on the other rows."""
+    return _linear(_lib.seer_panel_linear_f32, x, packed, bias, n=n)
 
 
 # q8's dot products are exact in int32 up to this input width (255 * 127 * K < 2**31).

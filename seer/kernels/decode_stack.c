@@ -4,7 +4,7 @@
  * write, attention, two residual adds, SiLU-and-multiply); dispatched one by one from Python
  * each costs several microseconds beyond its arithmetic, about as much in all as reading the
  * layer's int8 weights. Here the whole stack runs as one call: the same kernels the Python path
- * uses (rms_norm, rotary, small_linear / int_linear, paged_decode, silu_mul), in the same order
+ * uses (rms_norm, rotary, panel_linear / int_linear, paged_decode, silu_mul), in the same order
  * and on the same rows, so a decode row gets bitwise the result of seer.models.llama's
  * DecoderLayer.forward.
  *
@@ -28,7 +28,7 @@
 #include "kernels.h"
 #include "pool.h"
 
-enum { LIN_F32, LIN_Q8, LIN_Q4 };
+enum { LIN_PANEL, LIN_Q8, LIN_Q4 };
 
 typedef struct {
     int64_t kind; /* LIN_* */
@@ -75,7 +75,7 @@ void seer_silu_mul(const float *gu, float *act, int64_t M, int64_t I, int nthrea
 
 static int linear(const seer_lin_t *l, const float *x, float *y, int64_t M, int threads) {
     switch (l->kind) {
-    case LIN_F32: return seer_small_linear_f32(x, l->w, l->bias, y, M, l->K, l->N, threads);
+    case LIN_PANEL: return seer_panel_linear_f32(x, l->w, l->bias, y, M, l->K, l->N, threads);
     case LIN_Q8: return seer_int_linear_q8(x, l->w, l->scales, l->bias, y, M, l->K, l->N, threads);
     case LIN_Q4: return seer_int_linear_q4(x, l->w, l->scales, l->bias, y, M, l->K, l->N, threads);
     default: return 3;

@@ -18,7 +18,6 @@
  * inlined once per shape, and -ffast-math would let each copy reorder its sums), so a
  * row's result never depends on how many rows came with it. The vector loop is explicit. */
 #pragma GCC optimize("no-fast-math", "fp-contract=off")
-#include "kernels.h"
 #include "pool.h"
 #include "vec.h"
 

@@ -35,6 +35,26 @@ static inline vf vfma(vf a, vf b, vf c) {
 #endif
 }
 
+static inline vf bcastf(float s) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_set1_ps(s);
+#else
+    vf v;
+    for (int i = 0; i < VW; i++) v[i] = s;
+    return v;
+#endif
+}
+
+/* The first n (<= VW) lanes from p, the rest 0; and the first n lanes of v to p. */
+static inline vf loadf_n(const float *p, int n) {
+    if (n >= VW) return loadf(p);
+    vf v = {0};
+    memcpy(&v, p, (size_t)n * sizeof(float));
+    return v;
+}
+
+static inline void storef_n(float *p, vf v, int n) { memcpy(p, &v, (size_t)(n < VW ? n : VW) * sizeof(float)); }
+
 static inline float hsum(vf v) {
 #if defined(__AVX512F__)
     return _mm512_reduce_add_ps((__m512)v);

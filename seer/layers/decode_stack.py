@@ -8,9 +8,8 @@ for a whole step. A decode row gets bitwise the result of the layer-by-layer for
 
 It applies to a pure decode step (one token per sequence, attention without a sliding-window
 mask) of ``seer.models.llama.DecoderLayer``s on one rank, in fp32 on CPU, whose linear layers
-are fp32 ``Linear``s or ``Int8Linear``/``Int4Linear`` (the native kernels' layouts), with at
-most ``kernels.SMALL_LINEAR_MAX_ROWS`` rows where a layer is fp32 (beyond that the Python path
-uses BLAS). Anything else uses the Python path.
+are packed fp32 ``Linear``s (``seer.layers.linear.pack_linears``) or ``Int8Linear``/``Int4Linear``
+(the native kernels' layouts). Anything else uses the Python path.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ class _Dims(ctypes.Structure):
         ("eps", ctypes.c_double), ("scale", ctypes.c_double)]
 
 
-_KINDS = {Linear: 0, Int8Linear: 1, Int4Linear: 2}
+_KINDS = {Linear: 0, Int8Linear: 1, Int4Linear: 2}  # LIN_* in decode_stack.c
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -55,10 +54,8 @@ def _lin(m) -> Optional[_Lin]:
     if kind is None or (m.bias is not None and (m.bias.dtype != torch.float32 or not m.bias.is_contiguous())):
         return None
     if kind == 0:
-        w = m.weight
-        if w.dtype != torch.float32 or w.device.type != "cpu" or not w.is_contiguous():
-            return None
-        return _Lin(0, w.data_ptr(), None, _ptr(m.bias), m.in_features, m.out_features)
+        return None if m.packed is None else _Lin(0, m.packed.data_ptr(), None, _ptr(m.bias), m.in_features,
+                                                  m.out_features)
     if m.in_features > kernels.INT_LINEAR_MAX_K or m.qweight.device.type != "cpu":
         return None
     return _Lin(kind, m.qweight.data_ptr(), m.scales.data_ptr(), _ptr(m.bias), m.in_features, m.out_features)
@@ -76,8 +73,6 @@ class DecodeStack:
         self.nlayers = len(layers)
         self.structs = structs
         self.kv_key = _cache_key(kv_caches)
-        self.fp32_linear = any(s.qkv.kind == 0 or s.o.kind == 0 or s.gate_up.kind == 0 or s.down.kind == 0
-                               for s in structs)
         k = kv_caches[0][0]  # the step's shapes; max_blocks and threads are set per call
         self.dims = _Dims(spec.hidden_size, spec.local_heads, spec.local_kv_heads, spec.head_dim,
                           spec.local_intermediate, k.shape[1], 0, int(k.dtype == torch.bfloat16), 0,
@@ -118,8 +113,7 @@ class DecodeStack:
         """Whether this step is one the native call serves."""
         m = x.shape[0]
         return (x.dtype == torch.float32 and x.device.type == "cpu" and meta.num_decode == m > 0
-                and not meta.prefills and meta.decode_mask is None and meta.local is None
-                and not (self.fp32_linear and m > kernels.SMALL_LINEAR_MAX_ROWS))
+                and not meta.prefills and meta.decode_mask is None and meta.local is None)
 
     def __call__(self, x: torch.Tensor, rope, meta: AttentionMetadata) -> torch.Tensor:
         self.dims.max_blocks, self.dims.threads = meta.decode_blocks.shape[1], torch.get_num_threads()

@@ -1,10 +1,14 @@
-"""A linear layer whose few-row case (decode steps) streams its weight with a native kernel.
+"""A linear layer whose fp32 CPU case runs on the native kernels.
 
-Parameter names and layout are ``nn.Linear``'s, so checkpoints load unchanged. Many rows
-(prefill chunks) go to BLAS; up to ``kernels.SMALL_LINEAR_MAX_ROWS`` rows on CPU in fp32,
-to ``kernels.small_linear``, which reads the weight once at memory speed where BLAS
-repacks it on every call.
+Parameter names and layout are ``nn.Linear``'s, so checkpoints load unchanged. Once loaded on
+CPU in fp32, ``pack_linears`` moves each weight into ``kernels.panel_linear``'s layout (the weight
+is freed: the model holds one copy; an embedding tied to a head looks its rows up in the packed
+copy), and every call, decode row or prefill chunk, goes to that
+kernel, which beats BLAS (MKL) at every row count measured (BENCHMARKS.md) and gives a row the
+same result whatever rows come with it. An unpacked layer sends up to ``kernels.SMALL_LINEAR_MAX_ROWS`` rows to ``kernels.small_linear`` and more to BLAS.
 """
+
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -14,8 +18,48 @@ from .. import kernels
 
 
 class Linear(nn.Linear):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    packed: Optional[torch.Tensor] = None  # the weight in panel_linear's layout, once packed
+
+    def pack(self) -> None:
+        """Move the weight into ``kernels.panel_linear``'s layout and free it (fp32, CPU)."""
+        self.packed = kernels.pack_panels(self.weight.detach())
+        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        bias = self.bias if add_bias else None
+        if self.packed is not None:
+            if x.dtype != torch.float32 or x.device.type != "cpu":  # as nn.Linear would (an error, mostly)
+                return F.linear(x, kernels.unpack_panels(self.packed, self.out_features), bias)
+            y = kernels.panel_linear(x.reshape(-1, self.in_features).contiguous(), self.packed, bias,
+                                     self.out_features)
+            return y.reshape(*x.shape[:-1], self.out_features)
         if (x.dim() == 2 and x.shape[0] <= kernels.SMALL_LINEAR_MAX_ROWS and x.dtype == torch.float32
                 and x.device.type == "cpu" and kernels.available()):
-            return kernels.small_linear(x.contiguous(), self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+            return kernels.small_linear(x.contiguous(), self.weight, bias)
+        return F.linear(x, self.weight, bias)
+
+
+def pack_linears(model: nn.Module) -> int:
+    """Pack every fp32 CPU ``Linear`` of ``model``; returns how many were packed. A weight shared
+    with other modules (a head tied to the embedding) is packed only if each of them can use the
+    packed copy (``share_packed``): the model then still holds one copy."""
+    if not kernels.available():
+        return 0
+    holders: dict[int, list[nn.Module]] = {}
+    for m in model.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                holders.setdefault(id(p), []).append(m)
+    count = 0
+    for m in model.modules():
+        w = m.weight if isinstance(m, Linear) and m.packed is None else None
+        if w is None or w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
+            continue
+        others = [o for o in holders[id(w)] if o is not m]
+        if not all(hasattr(o, "share_packed") for o in others):
+            continue
+        m.pack()
+        for o in others:
+            o.share_packed(m.packed)
+        count += 1
+    return count

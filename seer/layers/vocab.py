@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..engine.parallel import SINGLE, TPGroup
 from .linear import Linear
 
@@ -36,14 +37,25 @@ class VocabParallelEmbedding(nn.Module):
         super().__init__()
         self.shard = VocabShard(vocab, tp)
         self.weight = nn.Parameter(torch.empty(self.shard.per, hidden))
+        self.packed = None  # the tied head's weight in panel layout, once packed (then ``weight`` is empty)
+
+    def share_packed(self, packed: torch.Tensor) -> None:
+        """Look rows up in the tied head's packed weight (``seer.layers.linear.pack_linears``) and free ours."""
+        self.packed = packed
+        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
+
+    def _rows(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.embedding(ids, self.weight)
+        return self.packed[ids // kernels.PANEL, :, ids % kernels.PANEL]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         sh = self.shard
         if sh.tp.size == 1:
-            return F.embedding(ids, self.weight)
+            return self._rows(ids)
         local = ids - sh.start
         outside = (local < 0) | (local >= sh.rows)
-        x = F.embedding(local.masked_fill(outside, 0), self.weight)
+        x = self._rows(local.masked_fill(outside, 0))
         x.masked_fill_(outside[:, None], 0)
         return sh.tp.all_reduce(x)
 

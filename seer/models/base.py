@@ -23,6 +23,7 @@ from ..config import ChatTemplateConfig, EngineConfig, VisionConfig
 from ..engine.request import MMItem, PromptInputs
 from ..engine.parallel import SINGLE, TPGroup
 from ..engine.runner import KVSpec
+from ..layers.linear import pack_linears
 from ..layers.quant import quantize
 from ..vl import image_hash
 
@@ -276,6 +277,8 @@ class ModelFamily:
             _MAPPED.reset(mapped)
         model.finish_init()
         quantize(model, self.engine_cfg.quantization)
+        if not self.engine_cfg.quantization:
+            pack_linears(model)  # fp32 CPU weights into the native matmul's layout
         return model.eval()
 
     def weights(self) -> Iterator[tuple[str, torch.Tensor]]:

@@ -101,7 +101,7 @@ class Gemma3DecoderLayer(nn.Module):
         """``proj(x)`` summed over the ranks (each holds some input columns); a bias is added once."""
         if self.tp.size == 1 or proj.bias is None:
             return self.tp.all_reduce(proj(x))
-        return self.tp.all_reduce(F.linear(x, proj.weight)) + proj.bias
+        return self.tp.all_reduce(proj(x, add_bias=False)) + proj.bias
 
     def forward(self, x, rope, kv_cache, meta: AttentionMetadata):
         h = self.input_layernorm(x)

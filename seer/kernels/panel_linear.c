@@ -1,0 +1,94 @@
+/* y = x W^T (+ b) in fp32 on CPU, W packed once into panels of NR output columns.
+ *
+ * The panel layout is [ceil(N / NR)][K][NR]: for each k, the NR weights of a panel's columns
+ * lie together, so a tile of MR rows x NR columns reads one contiguous stream of W and, per
+ * k, broadcasts MR values of x against it: MR * NR / VW fused multiply-adds for NR / VW
+ * vector loads of W, with all MR * NR sums in registers and no horizontal sums at the end (the
+ * dot-product tile of small_linear.c ends each of its sums with one). Each output is one
+ * chain of multiply-adds in k order, whatever the tile, so a row's result does not depend on
+ * how many rows came with it, and any tiling of the rows gives the same bits.
+ *
+ * Threads: pool.c's, over chunks of panels (seer_chunks_take).
+ *
+ *   x [M, K], Wp [ceil(N / NR)][K][NR] (zero past column N; kernels.pack_panels writes it), b [N] or NULL,
+ *   y [M, N]; all contiguous.
+ */
+#include <stdint.h>
+#pragma GCC optimize("no-fast-math", "fp-contract=off")
+#include "kernels.h"
+#include "pool.h"
+#include "vec.h"
+
+#define NR 32 /* columns per panel: two vectors */
+#define MR 12 /* rows per tile at most: 24 sums in registers */
+
+/* y[i, 0:nc] for i < mr rows of x against one panel; mr is a constant where inlined. */
+static inline __attribute__((always_inline)) void tile(const float *x, const float *wp, const float *b, float *y,
+                                                       int64_t K, int64_t N, int mr, int nc) {
+    vf acc[MR][2];
+    for (int i = 0; i < mr; i++) acc[i][0] = acc[i][1] = (vf){0};
+#pragma GCC unroll 4
+    for (int64_t k = 0; k < K; k++) {
+        const vf w0 = loadf(wp + k * NR), w1 = loadf(wp + k * NR + VW);
+        for (int i = 0; i < mr; i++) {
+            const vf xb = bcastf(x[i * K + k]);
+            acc[i][0] = vfma(xb, w0, acc[i][0]);
+            acc[i][1] = vfma(xb, w1, acc[i][1]);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        if (b) {
+            acc[i][0] += loadf_n(b, nc);
+            acc[i][1] += nc > VW ? loadf_n(b + VW, nc - VW) : (vf){0};
+        }
+        storef_n(y + i * N, acc[i][0], nc);
+        if (nc > VW) storef_n(y + i * N + VW, acc[i][1], nc - VW);
+    }
+}
+
+/* Rows [0, M) of x against one panel, in tiles of at most MR rows of near-equal size. */
+static void panel(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K, int64_t N,
+                  int nc) {
+    const int64_t tiles = (M + MR - 1) / MR;
+    for (int64_t t = 0, m = 0; t < tiles; t++) {
+        const int64_t m1 = M * (t + 1) / tiles;
+        const float *xt = x + m * K;
+        float *yt = y + m * N;
+        switch ((int)(m1 - m)) {
+#define CASE(r) \
+    case r: tile(xt, wp, b, yt, K, N, r, nc); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8) CASE(9) CASE(10) CASE(11) CASE(12)
+#undef CASE
+        }
+        m = m1;
+    }
+}
+
+typedef struct {
+    const float *x, *wp, *b;
+    float *y;
+    int64_t M, K, N;
+    seer_chunks_t chunks; /* of panels */
+} job_t;
+
+static void task(void *arg, int t, int n) {
+    (void)n;
+    job_t *j = arg;
+    long long first, last;
+    while ((first = seer_chunks_take(&j->chunks, t, &last)) >= 0)
+        for (int64_t p = first; p < last; p++) {
+            const int64_t n0 = p * NR;
+            panel(j->x, j->wp + p * j->K * NR, j->b ? j->b + n0 : 0, j->y + n0, j->M, j->K, j->N,
+                  j->N - n0 < NR ? (int)(j->N - n0) : NR);
+        }
+}
+
+int seer_panel_linear_f32(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
+                          int64_t N, int nthreads) {
+    if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
+    job_t j = {x, wp, b, y, M, K, N};
+    const int64_t chunk = 1 + (1 << 16) / (NR * K * (int64_t)sizeof(float)); /* panels in ~64 KB of W */
+    seer_chunks_init(&j.chunks, (N + NR - 1) / NR, nthreads, chunk);
+    seer_parallel(nthreads, task, &j);
+    return 0;
+}
