@@ -1,11 +1,11 @@
-"""The fp32 decode matmul on this CPU: seer's ``small_linear`` against torch's BLAS (MKL), by rows.
+"""The fp32 matmul on this CPU: seer's ``panel_linear`` against torch's BLAS (MKL), by rows.
 
 The weight shapes of the 110M Llama of ``text_llm.py`` (q/k/v 2304x768, o 768x768, gate/up 4096x768,
 down 768x2048, the LM head 32000x768), as many copies of each as make ~200 MB, so every call reads
 its weight from memory as a decode step does. Prints GFLOP/s per shape and for a whole step (12
-layers and the head), best of ``--repeats``; ``kernels.SMALL_LINEAR_MAX_ROWS`` is set from such runs.
+layers and the head), best of ``--repeats``, the two alternating.
 
-    python benchmarks/cpu_matmul.py --rows 1 16 64 128 256
+    python benchmarks/cpu_matmul.py --rows 1 16 64 128 256 512 4096
 """
 
 from __future__ import annotations
@@ -18,14 +18,11 @@ SHAPES = [(2304, 768), (768, 768), (4096, 768), (768, 2048), (32000, 768)]  # (N
 LAYERS = 12
 
 
-def measure(fn, ws, x, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        for w in ws:
-            fn(x, w)
-        best = min(best, (time.perf_counter() - t) / len(ws))
-    return best
+def once(fn, ws, x) -> float:
+    t = time.perf_counter()
+    for w in ws:
+        fn(x, w)
+    return (time.perf_counter() - t) / len(ws)
 
 
 def main(argv=None) -> int:
@@ -42,20 +39,30 @@ def main(argv=None) -> int:
     if not kernels.available():
         print("no native kernels (no C compiler?)")
         return 1
-    engines = {"small_linear": lambda x, w: kernels.small_linear(x, w, None), "BLAS": F.linear}
     print("| rows | " + " | ".join(f"{n}x{k}" for n, k in SHAPES) + " | whole step |")
     print("|---|" + "---|" * (len(SHAPES) + 1))
     for m in a.rows:
-        for name, fn in engines.items():
-            cells, flops, secs = [], 0.0, 0.0
-            for n, k in SHAPES:
-                ws = [torch.randn(n, k) for _ in range(max(1, 200_000_000 // (n * k * 4)))]
-                s = measure(fn, ws, torch.randn(m, k), a.repeats)
-                times = 1 if n == 32000 else LAYERS
-                flops, secs = flops + 2 * m * n * k * times, secs + s * times
-                cells.append(f"{2 * m * n * k / s / 1e9:.0f}")
-            print(f"| {m} {name} | " + " | ".join(cells) + f" | {flops / secs / 1e9:.0f} GFLOP/s, "
-                  f"{secs * 1e3:.1f} ms |", flush=True)
+        best = {"panel_linear": [], "BLAS": []}  # seconds per call, by shape
+        for n, k in SHAPES:
+            ws = [torch.randn(n, k) for _ in range(max(1, 200_000_000 // (n * k * 4)))]
+            engines = {"panel_linear": ([kernels.pack_panels(w) for w in ws],
+                                        lambda x, p, n=n: kernels.panel_linear(x, p, None, n)),
+                       "BLAS": (ws, F.linear)}
+            x = torch.randn(m, k)
+            secs = {name: float("inf") for name in engines}
+            for _ in range(a.repeats):  # the two alternate
+                for name, (weights, fn) in engines.items():
+                    secs[name] = min(secs[name], once(fn, weights, x))
+            for name in engines:
+                best[name].append(secs[name])
+            del ws, engines
+        for name, times in best.items():
+            reps = [1 if n == 32000 else LAYERS for n, _ in SHAPES]
+            flops = sum(2 * m * n * k * r for (n, k), r in zip(SHAPES, reps))
+            step = sum(t * r for t, r in zip(times, reps))
+            cells = [f"{2 * m * n * k / t / 1e9:.0f}" for (n, k), t in zip(SHAPES, times)]
+            print(f"| {m} {name} | " + " | ".join(cells) + f" | {flops / step / 1e9:.0f} GFLOP/s, "
+                  f"{step * 1e3:.1f} ms |", flush=True)
     return 0
 
 

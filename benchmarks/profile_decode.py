@@ -37,7 +37,7 @@ def _points():
     return [(R.ModelRunner, "execute"), (E, "sample"), (E.Engine, "_update"), (E, "make_step_input"),
             (SC.Scheduler, "schedule"), (LL.LlamaForCausalLM, "forward"), (LL.DecoderLayer, "forward"),
             (L.Linear, "forward"), (Q._QuantLinear, "forward"), (V.ParallelLMHead, "logits"),
-            (N.RMSNorm, "forward"), (K, "paged_decode"), (K, "small_linear"), (K, "decode_layers")]
+            (N.RMSNorm, "forward"), (K, "paged_decode"), (K, "panel_linear"), (K, "decode_layers")]
 
 
 def instrument() -> tuple[collections.Counter, collections.Counter]:

@@ -191,19 +191,9 @@ def test_a_request_too_big_for_the_pool_fails_alone(tiny_llava):
 
 
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
-@pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (9, 48, 30, True),
-                                        (16, 640, 1920, False), (64, 96, 66, False)])
-def test_small_linear_equals_torch(M, K, N, bias):
-    g = torch.Generator().manual_seed(M)
-    x, w = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g)
-    b = torch.randn(N, generator=g) if bias else None
-    torch.testing.assert_close(kernels.small_linear(x, w, b), torch.nn.functional.linear(x, w, b),
-                               rtol=1e-5, atol=1e-4)
-
-
-@pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
 @pytest.mark.parametrize("M,K,N,bias", [(1, 16, 64, False), (7, 64, 200, True), (13, 48, 30, True),
-                                        (16, 640, 1920, False), (64, 96, 66, True), (300, 33, 100, False)])
+                                        (16, 640, 1920, False), (64, 96, 66, True), (300, 33, 100, False),
+                                        (100, 2048, 40, True)])  # the last in blocks of rows
 def test_panel_linear_equals_torch_and_a_row_is_the_same_alone(M, K, N, bias):
     """The packed fp32 matmul: torch's result up to rounding, N not a multiple of the panel width
     (columns past N are padding), and each row bitwise what it is alone or in any other batch."""
@@ -260,11 +250,11 @@ def test_native_kernels_work_in_a_forked_child_and_from_threads():
     torch.set_num_threads(2)
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(8, 256, generator=g), torch.randn(512, 256, generator=g)  # big enough for 2 threads
-    want = torch.nn.functional.linear(x, w)
-    torch.testing.assert_close(kernels.small_linear(x, w, None), want, rtol=1e-5, atol=1e-4)
+    want, packed = torch.nn.functional.linear(x, w), kernels.pack_panels(w)
+    torch.testing.assert_close(kernels.panel_linear(x, packed, None, 512), want, rtol=1e-5, atol=1e-4)
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 only if the kernel returns the right answer
-        ok = torch.allclose(kernels.small_linear(x, w, None), want, rtol=1e-5, atol=1e-4)
+        ok = torch.allclose(kernels.panel_linear(x, packed, None, 512), want, rtol=1e-5, atol=1e-4)
         os._exit(0 if ok else 1)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -282,7 +272,7 @@ def test_native_kernels_work_in_a_forked_child_and_from_threads():
 
     def call(i):
         for _ in range(50):
-            results[i] = kernels.small_linear(xs[i], w, None)
+            results[i] = kernels.panel_linear(xs[i], packed, None, 512)
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
     for t in threads:

@@ -2,8 +2,9 @@
 
 - ``paged_decode`` answers one query token per sequence straight from the paged KV cache,
   reading every key and value once, in place.
-- ``small_linear`` is the decode-step matmul (a few rows times a weight): it streams the
-  weight once at memory speed, where BLAS repacks it on every call.
+- ``panel_linear`` is the fp32 matmul, over a weight packed once (``pack_panels``): at one row it
+  streams the weight at memory speed, at many it runs near the cores' multiply-add peak, above
+  BLAS at every row count measured, and a row's result never depends on the other rows.
 - ``int_linear_q8`` and ``int_linear_q4`` multiply by quantised weights
   (``EngineConfig(quantization="int8" | "int4")``) in integer arithmetic: each row of the input
   is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).
@@ -34,13 +35,9 @@ import torch
 log = logging.getLogger("seer.kernels")
 
 _DIR = os.path.dirname(__file__)
-_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "small_linear.c", "panel_linear.c",
-                                         "int_linear.c",
+_SRCS = [os.path.join(_DIR, f) for f in ("pool.c", "paged_attention.c", "panel_linear.c", "int_linear.c",
                                          "norm_rope.c", "decode_stack.c")]
 _HEADERS = [os.path.join(_DIR, f) for f in ("pool.h", "vec.h", "kernels.h")]
-# Rows up to which small_linear beats BLAS (MKL) on these CPUs: at 128 rows ~148 GFLOP/s against ~130,
-# at 256 ~145 against ~165 (the 110M model's matmuls, weights from memory; BENCHMARKS.md).
-SMALL_LINEAR_MAX_ROWS = 128
 _lock = threading.Lock()
 _lib: Optional[ctypes.CDLL] = None
 _tried = False
@@ -67,8 +64,6 @@ def _build() -> Optional[ctypes.CDLL]:
     fn = lib.seer_paged_decode
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 6 + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
-    lib.seer_small_linear_f32.restype = ctypes.c_int
-    lib.seer_small_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.seer_panel_linear_f32.restype = ctypes.c_int
     lib.seer_panel_linear_f32.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int]
     lib.seer_rms_norm.restype = None
@@ -134,11 +129,6 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     if rc != 0:
         raise RuntimeError(f"native decode kernel failed (code {rc})")
     return out
-
-
-def small_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``x @ weight.T + bias`` for ``x`` ``[M, K]`` with few rows; fp32, CPU, contiguous."""
-    return _linear(_lib.seer_small_linear_f32, x, weight, bias)
 
 
 PANEL = 32  # output columns per panel of ``pack_panels``' layout (NR in panel_linear.c)

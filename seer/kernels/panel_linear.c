@@ -3,12 +3,14 @@
  * The panel layout is [ceil(N / NR)][K][NR]: for each k, the NR weights of a panel's columns
  * lie together, so a tile of MR rows x NR columns reads one contiguous stream of W and, per
  * k, broadcasts MR values of x against it: MR * NR / VW fused multiply-adds for NR / VW
- * vector loads of W, with all MR * NR sums in registers and no horizontal sums at the end (the
- * dot-product tile of small_linear.c ends each of its sums with one). Each output is one
- * chain of multiply-adds in k order, whatever the tile, so a row's result does not depend on
- * how many rows came with it, and any tiling of the rows gives the same bits.
+ * vector loads of W, with all MR * NR sums in registers and no horizontal sums at the end.
+ * Each output is one chain of multiply-adds in k order, whatever the tile, so a row's result
+ * does not depend on how many rows came with it, and any tiling of the rows gives the same bits.
+ * At one row it reads W at memory speed; from 16 rows on it runs near the multiply-add peak
+ * (BENCHMARKS.md: 150-200 GFLOP/s on two cores, above MKL's at every row count measured).
  *
- * Threads: pool.c's, over chunks of panels (seer_chunks_take).
+ * Threads: pool.c's, over chunks of panels (seer_chunks_take); many rows go in blocks, each met by
+ * every panel while it sits in L2.
  *
  *   x [M, K], Wp [ceil(N / NR)][K][NR] (zero past column N; kernels.pack_panels writes it), b [N] or NULL,
  *   y [M, N]; all contiguous.
@@ -67,28 +69,32 @@ static void panel(const float *x, const float *wp, const float *b, float *y, int
 typedef struct {
     const float *x, *wp, *b;
     float *y;
-    int64_t M, K, N;
-    seer_chunks_t chunks; /* of panels */
+    int64_t M, K, N, panels, mblocks;
+    seer_chunks_t chunks; /* of (block of rows, panel) items, rows-major */
 } job_t;
 
 static void task(void *arg, int t, int n) {
     (void)n;
     job_t *j = arg;
+    const int64_t K = j->K, N = j->N;
     long long first, last;
     while ((first = seer_chunks_take(&j->chunks, t, &last)) >= 0)
-        for (int64_t p = first; p < last; p++) {
-            const int64_t n0 = p * NR;
-            panel(j->x, j->wp + p * j->K * NR, j->b ? j->b + n0 : 0, j->y + n0, j->M, j->K, j->N,
-                  j->N - n0 < NR ? (int)(j->N - n0) : NR);
+        for (int64_t i = first; i < last; i++) {
+            const int64_t mb = i / j->panels, p = i % j->panels, n0 = p * NR;
+            const int64_t m0 = j->M * mb / j->mblocks, m1 = j->M * (mb + 1) / j->mblocks;
+            panel(j->x + m0 * K, j->wp + p * K * NR, j->b ? j->b + n0 : 0, j->y + m0 * N + n0, m1 - m0, K, N,
+                  N - n0 < NR ? (int)(N - n0) : NR);
         }
 }
 
 int seer_panel_linear_f32(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K,
                           int64_t N, int nthreads) {
     if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
-    job_t j = {x, wp, b, y, M, K, N};
+    /* Many rows go in blocks of about 384 KB of x, which stay in L2 while every panel passes. */
+    const int64_t rows = (96 << 10) / K > MR ? (96 << 10) / K : MR;
+    job_t j = {x, wp, b, y, M, K, N, (N + NR - 1) / NR, (M + rows - 1) / rows};
     const int64_t chunk = 1 + (1 << 16) / (NR * K * (int64_t)sizeof(float)); /* panels in ~64 KB of W */
-    seer_chunks_init(&j.chunks, (N + NR - 1) / NR, nthreads, chunk);
+    seer_chunks_init(&j.chunks, j.mblocks * j.panels, nthreads, chunk);
     seer_parallel(nthreads, task, &j);
     return 0;
 }

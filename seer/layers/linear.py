@@ -1,11 +1,11 @@
 """A linear layer whose fp32 CPU case runs on the native kernels.
 
 Parameter names and layout are ``nn.Linear``'s, so checkpoints load unchanged. Once loaded on
-CPU in fp32, ``pack_linears`` moves each weight into ``kernels.panel_linear``'s layout (the weight
-is freed: the model holds one copy; an embedding tied to a head looks its rows up in the packed
-copy), and every call, decode row or prefill chunk, goes to that
-kernel, which beats BLAS (MKL) at every row count measured (BENCHMARKS.md) and gives a row the
-same result whatever rows come with it. An unpacked layer sends up to ``kernels.SMALL_LINEAR_MAX_ROWS`` rows to ``kernels.small_linear`` and more to BLAS.
+CPU in fp32, ``pack_linears`` moves each weight into ``kernels.panel_linear``'s layout and frees
+it (the model holds one copy; an embedding tied to a head looks its rows up in the packed copy).
+Every call, decode rows or a prefill chunk, then goes to that kernel, which beats BLAS (MKL) at
+every row count measured (BENCHMARKS.md) and gives a row the same result whatever rows come
+with it. An unpacked layer is ``nn.Linear``.
 """
 
 from typing import Optional
@@ -33,9 +33,6 @@ class Linear(nn.Linear):
             y = kernels.panel_linear(x.reshape(-1, self.in_features).contiguous(), self.packed, bias,
                                      self.out_features)
             return y.reshape(*x.shape[:-1], self.out_features)
-        if (x.dim() == 2 and x.shape[0] <= kernels.SMALL_LINEAR_MAX_ROWS and x.dtype == torch.float32
-                and x.device.type == "cpu" and kernels.available()):
-            return kernels.small_linear(x.contiguous(), self.weight, bias)
         return F.linear(x, self.weight, bias)
 
 
