@@ -82,6 +82,21 @@ def test_heldout_phrasings_never_trained_on():
     assert scenes.normalize_answer("There are 3") == "3"
 
 
+def test_second_heldout_list_is_fresh():
+    """The second held-out list (written before the fifth fine-tuning) covers every kind, shares
+    nothing with the first, and no training wording equals or contains one of its wordings."""
+    scenes._check_disjoint()
+    assert set(scenes.HELDOUT2_PHRASINGS) == set(scenes.HELDOUT_PHRASINGS)
+    c = scenes._core
+    train = [f" {c(t)} " for v in (*scenes.PHRASINGS.values(), *scenes.COMPOSED.values()) for t, _ in v]
+    for v in scenes.HELDOUT2_PHRASINGS.values():
+        for t, _ in v:
+            assert not any(f" {c(t)} " in x for x in train), t
+    for kind in scenes.PHRASED_KINDS:
+        items = scenes.phrased_eval_items(kind, 3, later=True, heldout=2)
+        assert len(items) == 3 and all(q for _, _, q, _ in items)
+
+
 def _chat(scene, *turns):
     """Messages: the image with the first question, then each (answer, question) pair."""
     msgs = [{"role": "user", "content": [{"type": "image", "image": scene.image}, {"type": "text", "text": turns[0]}]}]
