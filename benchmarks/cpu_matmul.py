@@ -53,6 +53,7 @@ def main(argv=None) -> int:
             for _ in range(a.repeats):  # the two alternate
                 for name, (weights, fn) in engines.items():
                     secs[name] = min(secs[name], once(fn, weights, x))
+                    time.sleep(0.5)  # BLAS's OpenMP threads spin a while after a call, taking a core
             for name in engines:
                 best[name].append(secs[name])
             del ws, engines

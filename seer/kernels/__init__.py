@@ -3,8 +3,8 @@
 - ``paged_decode`` answers one query token per sequence straight from the paged KV cache,
   reading every key and value once, in place.
 - ``panel_linear`` is the fp32 matmul, over a weight packed once (``pack_panels``): at one row it
-  streams the weight at memory speed, at many it runs near the cores' multiply-add peak, above
-  BLAS at every row count measured, and a row's result never depends on the other rows.
+  streams the weight at memory speed, at many it runs near the cores' multiply-add peak (faster
+  than BLAS on decoder shapes), and a row's result never depends on the other rows.
 - ``int_linear_q8`` and ``int_linear_q4`` multiply by quantised weights
   (``EngineConfig(quantization="int8" | "int4")``) in integer arithmetic: each row of the input
   is rounded to int8 with its own scale, then int8 x uint8 dot products (AVX512-VNNI).

@@ -7,7 +7,7 @@
  * Each output is one chain of multiply-adds in k order, whatever the tile, so a row's result
  * does not depend on how many rows came with it, and any tiling of the rows gives the same bits.
  * At one row it reads W at memory speed; from 16 rows on it runs near the multiply-add peak
- * (BENCHMARKS.md: 150-200 GFLOP/s on two cores, above MKL's at every row count measured).
+ * (BENCHMARKS.md: 150-200 GFLOP/s on two cores, faster than MKL on decoder shapes).
  *
  * Threads: pool.c's, over chunks of panels (seer_chunks_take); many rows go in blocks, each met by
  * every panel while it sits in L2.
@@ -16,6 +16,8 @@
  *   y [M, N]; all contiguous.
  */
 #include <stdint.h>
+/* The tile is inlined once per row count, and -ffast-math would let each copy reorder its sums:
+ * off here, with the multiply-adds written out, so every copy sums in the same order. */
 #pragma GCC optimize("no-fast-math", "fp-contract=off")
 #include "kernels.h"
 #include "pool.h"
