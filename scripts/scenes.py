@@ -23,8 +23,8 @@ Captions name the shapes left to right. Position questions are only asked when t
 is clearly on one side (its centre at least 12% of the width/height from the middle).
 
 Beyond those templates, ``Phraser`` asks every kind the way people phrase it (``PHRASINGS``
-for training, the disjoint ``HELDOUT_PHRASINGS`` for evaluation, both surface-varied by
-``vary``), out-of-scope questions (answered ``OUT_OF_SCOPE_REPLY``) and follow-ups that refer
+for training, the disjoint ``HELDOUT_PHRASINGS`` and ``HELDOUT2_PHRASINGS`` for evaluation, all
+surface-varied by ``vary``), out-of-scope questions (answered ``OUT_OF_SCOPE_REPLY``) and follow-ups that refer
 back to an earlier turn ("And the other one?"); ``phrased_eval_items`` builds the held-out
 phrasing eval, first turn and later turn.
 
@@ -1053,8 +1053,8 @@ class Phraser:
                 ans = "yes" if a is small else "no"
             elif style == "larger":
                 ans = "larger" if a is big else "smaller"
-            elif style == "bigsmall":
-                ans = "bigger" if a is big else "smaller"
+            elif style == "bigsmall":  # the word the question uses: "larger or smaller?" -> "larger"
+                ans = ("larger" if "larger" in t else "bigger") if a is big else "smaller"
             elif style == "small":
                 ans = small.shape
             else:
