@@ -245,7 +245,7 @@ static int run(const float *x, const uint8_t *w, const float *ws, const float *b
         if (nthreads < 1 || M * K * N < (int64_t)1 << 18) nthreads = 1;
         seer_parallel(M * K < (int64_t)1 << 15 ? 1 : nthreads, task, &j);
         j.quantize = 0;
-        seer_chunks_init(&j.chunks, (N + NB - 1) / NB, nthreads, (1 << 16) / wblock + 1); /* ~64 KB of W */
+        seer_chunks_init(&j.chunks, (N + NB - 1) / NB, nthreads, seer_chunk_items(wblock));
         seer_parallel(nthreads, task, &j);
     }
     free(xq);

@@ -95,8 +95,7 @@ int seer_panel_linear_f32(const float *x, const float *wp, const float *b, float
     /* Many rows go in blocks of about 384 KB of x, which stay in L2 while every panel passes. */
     const int64_t rows = (96 << 10) / K > MR ? (96 << 10) / K : MR;
     job_t j = {x, wp, b, y, M, K, N, (N + NR - 1) / NR, (M + rows - 1) / rows};
-    const int64_t chunk = 1 + (1 << 16) / (NR * K * (int64_t)sizeof(float)); /* panels in ~64 KB of W */
-    seer_chunks_init(&j.chunks, j.mblocks * j.panels, nthreads, chunk);
+    seer_chunks_init(&j.chunks, j.mblocks * j.panels, nthreads, seer_chunk_items(NR * K * (int64_t)sizeof(float)));
     seer_parallel(nthreads, task, &j);
     return 0;
 }

@@ -17,6 +17,8 @@ typedef struct {
     int n;
 } seer_chunks_t;
 void seer_chunks_init(seer_chunks_t *c, long long count, int n, long long chunk);
+/* Items per chunk where an item reads item_bytes of weights: about 64 KB a chunk, at least one item. */
+static inline long long seer_chunk_items(long long item_bytes) { return 1 + (1 << 16) / item_bytes; }
 /* The first item of thread t's next chunk, its end in *last; -1 when none is left. */
 long long seer_chunks_take(seer_chunks_t *c, int t, long long *last);
 #endif

@@ -17,13 +17,19 @@ from torch import nn
 from .. import kernels
 
 
+def emptied(p: nn.Parameter) -> nn.Parameter:
+    """An empty parameter of ``p``'s dtype and device, to put in its place once its values live
+    elsewhere (packed, quantised): the module keeps its attribute and the memory is freed."""
+    return nn.Parameter(p.new_empty(0), requires_grad=False)
+
+
 class Linear(nn.Linear):
     packed: Optional[torch.Tensor] = None  # the weight in panel_linear's layout, once packed
 
     def pack(self) -> None:
         """Move the weight into ``kernels.panel_linear``'s layout and free it (fp32, CPU)."""
         self.packed = kernels.pack_panels(self.weight.detach())
-        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
+        self.weight = emptied(self.weight)
 
     def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         bias = self.bias if add_bias else None

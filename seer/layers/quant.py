@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
-from .linear import Linear
+from .linear import Linear, emptied
 from .vocab import ParallelLMHead
 
 QUANTIZATIONS = (None, "int8", "int4")
@@ -153,7 +153,7 @@ def quantize(model: nn.Module, mode: Optional[str]) -> int:
     for head in [m for m in model.modules() if isinstance(m, ParallelLMHead)]:
         head.quantized = _quantised(head, mode)
         if sum(p is head.weight for _, p in model.named_parameters(remove_duplicate=False)) == 1:
-            head.weight = nn.Parameter(head.weight.new_empty(0), requires_grad=False)  # not tied: free it
+            head.weight = emptied(head.weight)  # not tied: free it
         count += 1
     parents = [m for m in model.modules() if any(type(c) is Linear for c in m.children())]
     for parent in parents:  # each fp32 weight is freed as soon as its replacement exists

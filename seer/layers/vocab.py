@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import kernels
 from ..engine.parallel import SINGLE, TPGroup
-from .linear import Linear
+from .linear import Linear, emptied
 
 
 class VocabShard:
@@ -42,7 +42,7 @@ class VocabParallelEmbedding(nn.Module):
     def share_packed(self, packed: torch.Tensor) -> None:
         """Look rows up in the tied head's packed weight (``seer.layers.linear.pack_linears``) and free ours."""
         self.packed = packed
-        self.weight = nn.Parameter(self.weight.new_empty(0), requires_grad=False)
+        self.weight = emptied(self.weight)
 
     def _rows(self, ids: torch.Tensor) -> torch.Tensor:
         if self.packed is None:
