@@ -156,7 +156,8 @@ def test_serve_tp2_leaves_no_worker_behind(tiny_llama, sig):
                    if "seer.engine.tp_worker" in " ".join(p.cmdline())]
         assert len(workers) == 1
         r = httpx.post(f"{server.url}/v1/chat/completions", timeout=60, json={
-            "model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4})
+            "model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 4,
+            "ignore_eos": True})  # the default temperature samples; an early end of sequence is no failure here
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 4
         server.proc.send_signal(sig)
         server.proc.wait(60)
