@@ -210,6 +210,36 @@ def test_panel_linear_equals_torch_and_a_row_is_the_same_alone(M, K, N, bias):
             assert torch.equal(kernels.panel_linear(x[lo:hi].contiguous(), packed, b, N), y[lo:hi])
 
 
+def _vm_flags(addr: int) -> list[str]:
+    """The ``VmFlags`` of the mapping that holds ``addr`` (/proc/self/smaps)."""
+    inside = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and not head.endswith(":"):
+                lo, hi = (int(v, 16) for v in head.split("-"))
+                inside = lo <= addr < hi
+            elif inside and head == "VmFlags:":
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux only")
+@pytest.mark.parametrize("shape,dtype", [((1536, 1024), torch.float32), ((3, 1000, 999), torch.bfloat16),
+                                         ((5, 7), torch.float32)])
+def test_weights_are_placed_on_huge_pages(shape, dtype):
+    """``huge_page_empty``: the shape and dtype asked for; from 2 MB up, starting on a 2 MB boundary
+    in memory advised for huge pages (VmFlags ``hg``), as ``pack_panels`` places a packed weight."""
+    t = kernels.huge_page_empty(shape, dtype)
+    assert t.shape == shape and t.dtype == dtype and t.is_contiguous()
+    t.fill_(1)
+    assert bool((t == 1).all())
+    if t.numel() * t.element_size() >= 2 << 20:
+        assert t.data_ptr() % (2 << 20) == 0 and "hg" in _vm_flags(t.data_ptr())
+    packed = kernels.pack_panels(torch.randn(2048, 768))
+    assert packed.data_ptr() % (2 << 20) == 0 and "hg" in _vm_flags(packed.data_ptr() + packed.nbytes - 1)
+
+
 @pytest.mark.skipif(not kernels.available(), reason="no C compiler for the native kernels")
 def test_packed_linear_layers_free_their_weight_and_keep_their_answers():
     """``pack_linears``: an fp32 ``Linear`` moves its weight into the panel layout (one copy left),

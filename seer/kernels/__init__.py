@@ -133,6 +133,34 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
 
 PANEL = 32  # output columns per panel of ``pack_panels``' layout (NR in panel_linear.c)
 
+_HUGE_PAGE = 2 << 20
+_MADV_HUGEPAGE = 14  # linux/mman.h
+_madvise = None
+
+
+def huge_page_empty(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An uninitialised CPU tensor in memory the kernel is asked to back with 2 MB pages
+    (``madvise(MADV_HUGEPAGE)``, Linux; elsewhere, or under 2 MB, a plain ``torch.empty``).
+
+    The kernels stream the weights once per step; with 4 KB pages every 4 KB of that stream is a
+    TLB miss and a stop for the hardware prefetcher, which costs ~12% of the bandwidth at one row
+    (``benchmarks/cpu_matmul.py``). Advise before the first touch, so the pages fault in huge."""
+    global _madvise
+    numel = 1
+    for d in shape:
+        numel *= d
+    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    if nbytes < _HUGE_PAGE or not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return torch.empty(shape, dtype=dtype)
+    if _madvise is None:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+        _madvise = fn
+    buf = torch.empty(nbytes + _HUGE_PAGE, dtype=torch.uint8)  # room to start on a 2 MB boundary
+    start = -buf.data_ptr() % _HUGE_PAGE
+    _madvise(buf.data_ptr() + start, nbytes // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)  # advice only
+    return buf[start:start + nbytes].view(dtype).view(shape)
+
 
 def pack_panels(weight: torch.Tensor) -> torch.Tensor:
     """``weight`` ``[N, K]`` in ``panel_linear``'s layout: ``[ceil(N / PANEL), K, PANEL]``, for each
@@ -140,7 +168,10 @@ def pack_panels(weight: torch.Tensor) -> torch.Tensor:
     n, k = weight.shape
     pad = -n % PANEL
     w = torch.cat([weight, weight.new_zeros(pad, k)]) if pad else weight
-    return w.reshape(-1, PANEL, k).transpose(1, 2).contiguous()
+    w = w.reshape(-1, PANEL, k).transpose(1, 2)
+    if w.device.type != "cpu":
+        return w.contiguous()
+    return huge_page_empty(w.shape, w.dtype).copy_(w)
 
 
 def unpack_panels(packed: torch.Tensor, n: int) -> torch.Tensor:
