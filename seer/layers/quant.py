@@ -104,8 +104,6 @@ class _QuantLinear(nn.Module):
         self.bias = linear.bias
         self.dtype = linear.weight.dtype  # what the rest of the model computes in
         qweight, scales = _by_rows(linear.weight, type(self).quantize_rows)
-        if qweight.device.type == "cpu":  # streamed once a step: on 2 MB pages
-            qweight = kernels.huge_page_empty(qweight.shape, qweight.dtype).copy_(qweight)
         self.register_buffer("qweight", qweight)
         self.register_buffer("scales", scales)
 
