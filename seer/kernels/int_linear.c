@@ -80,21 +80,43 @@ static inline void store(float *p, vf v, int64_t n) { memcpy(p, &v, (n < VW ? n 
  * are NaN. */
 static void quantize_rows(const float *x, int64_t i0, int64_t i1, int64_t K, int64_t kp, int fmt, int8_t *xq,
                           float *xs, int32_t *xsum) {
+    typedef int8_t v16s8 __attribute__((vector_size(16)));
+    const float magic = 12582912.f; /* 1.5 * 2^23: (v + magic) - magic rounds |v| < 2^22 to nearest even, as rintf */
     for (int64_t i = i0; i < i1; i++) {
         const float *r = x + i * K;
         int8_t *q = xq + i * kp;
-        float amax = 0.f;
-        int finite = 1;
-        for (int64_t k = 0; k < K; k++) {
-            const float a = fabsf(r[k]);
-            uint32_t bits;
-            memcpy(&bits, &a, sizeof bits);
-            finite &= (bits & 0x7f800000u) != 0x7f800000u; /* by the bits: -ffast-math may not see NaNs */
-            amax = a > amax ? a : amax;
+        /* max |x| by the bits of |x| (ordered as the floats are); non-finite from the bits too:
+         * -ffast-math may not see NaNs. */
+        vi top = {0}, bad = {0};
+        int64_t k = 0;
+        for (; k + VW <= K; k += VW) {
+            const vi bits = loadi(r + k) & 0x7fffffff;
+            const vi up = bits > top; /* lanes: -1 where true (a max by masks: C has no vector ?:) */
+            top = (bits & up) | (top & ~up);
+            bad |= bits >= 0x7f800000;
         }
-        const float inv = finite && amax > 0.f ? 127.f / amax : 0.f;
-        xs[i] = finite ? amax / 127.f : NAN;
-        for (int64_t k = 0; k < K; k++) q[k] = (int8_t)rintf(r[k] * inv);
+        uint32_t amax_bits = 0, nonfinite = 0;
+        for (int l = 0; l < VW; l++) {
+            amax_bits = (uint32_t)top[l] > amax_bits ? (uint32_t)top[l] : amax_bits;
+            nonfinite |= bad[l] != 0;
+        }
+        for (; k < K; k++) {
+            uint32_t bits;
+            memcpy(&bits, r + k, sizeof bits);
+            bits &= 0x7fffffffu;
+            amax_bits = bits > amax_bits ? bits : amax_bits;
+            nonfinite |= bits >= 0x7f800000u;
+        }
+        float amax;
+        memcpy(&amax, &amax_bits, sizeof amax);
+        const float inv = !nonfinite && amax > 0.f ? 127.f / amax : 0.f;
+        xs[i] = nonfinite ? NAN : amax / 127.f;
+        for (k = 0; k + VW <= K; k += VW) {
+            const vf v = (loadf(r + k) * inv + magic) - magic;
+            const v16s8 b = __builtin_convertvector(__builtin_convertvector(v, vi), v16s8);
+            memcpy(q + k, &b, sizeof b);
+        }
+        for (; k < K; k++) q[k] = (int8_t)rintf(r[k] * inv);
         memset(q + K, 0, kp - K);
         if (fmt == Q8) {
             int32_t sum = 0;
