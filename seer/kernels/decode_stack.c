@@ -33,7 +33,8 @@ enum { LIN_PANEL, LIN_Q8, LIN_Q4 };
 typedef struct {
     int64_t kind; /* LIN_* */
     const void *w;
-    const float *scales, *bias; /* scales: NULL for fp32; bias may be NULL */
+    const void *scales; /* NULL for fp32; float for q8, fp16 for q4 */
+    const float *bias;  /* may be NULL */
     int64_t K, N;
 } seer_lin_t;
 

@@ -13,7 +13,7 @@
  *     bytes [N / 32][K4 / 4][32][4], K4 = K rounded up to 4 (the padding's x is 0)
  *     y[i, n] = (sum_k q xq - 128 sum_k xq) (xs[i] ws[n]) + b[n]        (the sums exact in int32)
  *   seer_int_linear_q4: q = w + 8 in 0..15, one scale per 32 columns: W[n, k] = ws[n, k / 32] (q - 8);
- *     K a multiple of 32; scales [N / 32][K / 32][32]; bytes [N / 32][K / 32][4][2][16][4]: for
+ *     K a multiple of 32; scales fp16 (4.5 bits a weight in all, as llama.cpp's q4_0) [N / 32][K / 32][32]; bytes [N / 32][K / 32][4][2][16][4]: for
  *     group g, pair of steps c, half v (rows 16v..16v+15), row r, column t: the low nibble holds
  *     column 32g + 8c + t, the high one column 32g + 8c + 4 + t
  *     y[i, n] = xs[i] sum_g ws[n, g] (sum_{k in g} q xq - 8 sum_{k in g} xq) + b[n]
@@ -164,7 +164,7 @@ static inline __attribute__((always_inline)) void q8_tile(const qx_t *x, const i
 }
 
 static inline __attribute__((always_inline)) void q4_tile(const qx_t *x, const int8_t *xq, const float *xs,
-                                                          const int32_t *xsum, const uint8_t *w, const float *ws,
+                                                          const int32_t *xsum, const uint8_t *w, const uint16_t *ws,
                                                           const float *b, float *y, int64_t n0, int mr) {
     const int64_t K = x->K, groups = K / Q4_GROUP;
     vf acc[MR_Q4][2];
@@ -183,7 +183,7 @@ static inline __attribute__((always_inline)) void q4_tile(const qx_t *x, const i
                 t[i][1] = dot4(dot4(t[i][1], lo1, xl), hi1, xh);
             }
         }
-        const vf s0 = loadf(ws + g * NB), s1 = loadf(ws + g * NB + 16);
+        const vf s0 = load_halves(ws + g * NB), s1 = load_halves(ws + g * NB + 16);
         for (int i = 0; i < mr; i++) {
             acc[i][0] = vfma(__builtin_convertvector(t[i][0], vf), s0, acc[i][0]);
             acc[i][1] = vfma(__builtin_convertvector(t[i][1], vf), s1, acc[i][1]);
@@ -212,7 +212,7 @@ static void q8_block(const qx_t *x, const uint8_t *w, const float *ws, const flo
     }
 }
 
-static void q4_block(const qx_t *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M,
+static void q4_block(const qx_t *x, const uint8_t *w, const uint16_t *ws, const float *b, float *y, int64_t M,
                      int64_t n0) {
     for (int64_t i = 0; i < M; i += MR_Q4) {
         const int8_t *xq = x->xq + i * x->kp;
@@ -224,7 +224,9 @@ static void q4_block(const qx_t *x, const uint8_t *w, const float *ws, const flo
 }
 
 typedef struct {
-    const float *x, *ws, *b;
+    const float *x;
+    const void *ws; /* q8: float [N], q4: fp16 [N / 32][K / 32][32] */
+    const float *b;
     const uint8_t *w;
     float *y;
     int64_t M, wblock, sblock;
@@ -245,13 +247,13 @@ static void task(void *arg, int t, int n) {
     while ((first = seer_chunks_take(&j->chunks, t, &last)) >= 0)
         for (int64_t blk = first; blk < last; blk++) {
             const uint8_t *w = j->w + blk * j->wblock;
-            const float *ws = j->ws + blk * j->sblock, *b = j->b ? j->b + blk * NB : 0;
-            if (j->fmt == Q8) q8_block(x, w, ws, b, j->y, j->M, blk * NB);
-            else q4_block(x, w, ws, b, j->y, j->M, blk * NB);
+            const float *b = j->b ? j->b + blk * NB : 0;
+            if (j->fmt == Q8) q8_block(x, w, (const float *)j->ws + blk * j->sblock, b, j->y, j->M, blk * NB);
+            else q4_block(x, w, (const uint16_t *)j->ws + blk * j->sblock, b, j->y, j->M, blk * NB);
         }
 }
 
-static int run(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M, int64_t K,
+static int run(const float *x, const uint8_t *w, const void *ws, const float *b, float *y, int64_t M, int64_t K,
                int64_t N, int nthreads, int fmt) {
     if (fmt == Q4 && K % Q4_GROUP) return 2;
     if (M == 0) return 0; /* (and no zero-byte mallocs, which may return NULL) */
@@ -281,7 +283,7 @@ int seer_int_linear_q8(const float *x, const uint8_t *w, const float *ws, const 
     return run(x, w, ws, b, y, M, K, N, nthreads, Q8);
 }
 
-int seer_int_linear_q4(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M,
+int seer_int_linear_q4(const float *x, const uint8_t *w, const uint16_t *ws, const float *b, float *y, int64_t M,
                        int64_t K, int64_t N, int nthreads) {
     return run(x, w, ws, b, y, M, K, N, nthreads, Q4);
 }

@@ -8,7 +8,7 @@ int seer_panel_linear_f32(const float *x, const float *wp, const float *b, float
                           int nthreads);
 int seer_int_linear_q8(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M,
                        int64_t K, int64_t N, int nthreads);
-int seer_int_linear_q4(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M,
+int seer_int_linear_q4(const float *x, const uint8_t *w, const uint16_t *ws, const float *b, float *y, int64_t M,
                        int64_t K, int64_t N, int nthreads);
 void seer_rms_norm(const float *x, int64_t sx, const float *w, float *y, int64_t M, int64_t D, float eps,
                    int nthreads);

@@ -55,6 +55,33 @@ static inline vf loadf_n(const float *p, int n) {
 
 static inline void storef_n(float *p, vf v, int n) { memcpy(p, &v, (size_t)(n < VW ? n : VW) * sizeof(float)); }
 
+/* The IEEE half-precision number with bits h, as a float (exact). */
+static inline float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 0x3ff;
+    uint32_t bits;
+    if (e == 31) bits = sign | 0x7f800000u | m << 13;       /* inf, NaN */
+    else if (e) bits = sign | (e + 112) << 23 | m << 13;     /* normal: exponent bias 15 -> 127 */
+    else {                                                   /* zero, subnormal: m 2^-24 */
+        float f = (float)m * 5.9604644775390625e-8f;
+        memcpy(&bits, &f, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* VW fp16 values at p as floats. */
+static inline vf load_halves(const uint16_t *p) {
+#if defined(__AVX512F__)
+    return (vf)_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+#else
+    vf v;
+    for (int i = 0; i < VW; i++) v[i] = half_to_float(p[i]);
+    return v;
+#endif
+}
+
 static inline float hsum(vf v) {
 #if defined(__AVX512F__)
     return _mm512_reduce_add_ps((__m512)v);

@@ -7,10 +7,10 @@ stay as they are.
 
 - ``"int8"``: ``Int8Linear``, the weight rounded to int8 with one fp32 scale per output row
   (symmetric, ``scale = max|row| / 127``): a quarter of fp32's bytes.
-- ``"int4"``: ``Int4Linear``, 4 bits with one fp32 scale per group of 32 weights along the input
-  (as llama.cpp's q4_0: values -8..7, the group's largest-magnitude weight at -8 exactly): an
-  eighth of fp32's bytes plus the scales (5 bits a weight in all). A layer whose input width is
-  not a multiple of 32 gets int8 instead.
+- ``"int4"``: ``Int4Linear``, 4 bits with one fp16 scale per group of 32 weights along the input
+  (as llama.cpp's q4_0: values -8..7, the group's largest-magnitude weight at -8, up to the
+  scale's rounding): 4.5 bits a weight in all. A layer whose input width is not a multiple of 32
+  gets int8 instead.
 
 Both are stored in the kernels' own layout (blocks of 32 rows, see below). On CPU the native
 kernels (``seer.kernels.int_linear_q8`` / ``_q4``) multiply in integers: each row of the input
@@ -76,9 +76,12 @@ def _int4_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     w = w.reshape(n, g, GROUP)
     # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
     peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
-    tiny = torch.finfo(torch.float32).tiny
-    scale = torch.where(peak.abs() < tiny, torch.full_like(peak, tiny), peak / -8.0)
-    q = _pad_rows((torch.round(w / scale[..., None]).clamp(-8, 7) + 8).to(torch.uint8), 8)
+    # The scale in fp16 (the kernel streams it with the weights: 4.5 bits a weight, not 5), and
+    # the weights rounded against the scale as stored; one too small for fp16 becomes its least.
+    half = torch.finfo(torch.float16)
+    scale = (peak / -8.0).clamp(-half.max, half.max).half()
+    scale = torch.where(scale == 0, torch.full_like(scale, 2.0 ** -24), scale)
+    q = _pad_rows((torch.round(w / scale.float()[..., None]).clamp(-8, 7) + 8).to(torch.uint8), 8)
     q = q.reshape(-1, 2, NB // 2, g, 4, 2, 4)  # [block, v, r, group, c, low/high, t]
     packed = (q[..., 0, :] | (q[..., 1, :] << 4)).permute(0, 3, 4, 1, 2, 5)  # [block, group, c, v, r, t]
     scale = _pad_rows(scale, 0.0).reshape(-1, NB, g).transpose(1, 2)  # [block, group, row]
@@ -90,7 +93,7 @@ def _int4_unpack(qweight: torch.Tensor, scales: torch.Tensor, n: int, k: int) ->
     packed = qweight.reshape(-1, g, 4, 2, NB // 2, 4)  # [block, group, c, v, r, t]
     q = torch.stack([packed & 15, packed >> 4], dim=-2)  # [..., r, low/high, t]
     q = q.permute(0, 3, 4, 1, 2, 5, 6).reshape(-1, k)[:n].float() - 8  # [block, v, r, group, c, h, t]
-    s = scales.reshape(-1, g, NB).transpose(1, 2).reshape(-1, g)[:n]
+    s = scales.reshape(-1, g, NB).transpose(1, 2).reshape(-1, g)[:n].float()
     return (q.reshape(n, g, GROUP) * s[..., None]).reshape(n, k)
 
 
