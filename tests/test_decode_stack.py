@@ -1,5 +1,6 @@
-"""The native decode step (``seer.layers.decode_stack``): a pure decode step through all of a
-Llama-style decoder's layers in one call gives bitwise what the layer-by-layer forward gives
+"""The native decode step (``seer.layers.decode_stack``): a pure decode step from token ids to
+logits, through all of a Llama-style decoder's layers, in one call gives bitwise what the
+embedding, the layer-by-layer forward, the final norm and the LM head give
 (the same tokens and the same logprobs, to the last bit), for fp32, int8 and int4 weights, an
 fp32 or bf16 KV cache, grouped-query attention, q/k/v biases and per-head q/k norms (Qwen3);
 steps it does not serve (prefill rows, a sliding-window mask) and layers it does not know
@@ -23,16 +24,19 @@ def _generate(path, stack: bool, **cfg):
     """Tokens and logprobs of PROMPTS (all at once, then the first alone), and how many steps the
     native decode step served."""
     calls = []
-    real = kernels.decode_layers
 
-    def counted(*a, **k):
-        calls.append(a[4].shape[0])
-        return real(*a, **k)
+    def counted(real):
+        def call(*a, **k):
+            calls.append((real.__name__, a[4].shape[0]))  # (which, rows): a[4] is cos or the token ids
+            return real(*a, **k)
+        return call
 
     off = mock.patch.object(llama.LlamaForCausalLM, "_decode_stack", lambda self, kv: None)
     llm = LLM(model=path, enable_prefix_caching=False, **cfg)
     try:
-        with mock.patch.object(kernels, "decode_layers", counted), (contextlib.nullcontext() if stack else off):
+        with mock.patch.object(kernels, "decode_layers", counted(kernels.decode_layers)), \
+                mock.patch.object(kernels, "decode_step", counted(kernels.decode_step)), \
+                (contextlib.nullcontext() if stack else off):
             sp = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, logprobs=2)
             outs = [llm.generate(PROMPTS, sp, use_tqdm=False), llm.generate(PROMPTS[:1], sp, use_tqdm=False)]
     finally:
@@ -50,8 +54,29 @@ def test_the_native_decode_step_is_bitwise_the_layer_by_layer_forward(request, a
     want, none = _generate(path, stack=False, quantization=quant, kv_cache_dtype=kv)
     got, calls = _generate(path, stack=True, quantization=quant, kv_cache_dtype=kv)
     assert not none
-    assert 1 in calls and len(PROMPTS) in calls  # it served decode steps of one and of all the sequences
+    # the whole step, token ids to logits, served decode steps of one and of all the sequences
+    assert {("decode_step", 1), ("decode_step", len(PROMPTS))} <= set(calls)
     assert got == want
+
+
+def test_the_whole_step_refuses_token_ids_and_positions_outside_its_tables(tiny_llama):
+    """An id past the vocabulary or a position past the rotary table is an error of the call, raised
+    before anything is read or written, never a read outside the tables."""
+    from seer.layers.attention import AttentionMetadata
+
+    llm = LLM(model=tiny_llama)
+    try:
+        model = llm._pipe.family.model
+        llm.generate(PROMPTS[:1], SamplingParams(max_tokens=2), use_tqdm=False)
+        stack = model._stack
+        assert stack.ends is not None and stack.vocab == model.spec.vocab_size
+        meta = AttentionMetadata(slot_mapping=torch.tensor([0]), num_decode=1, decode_blocks=torch.tensor([[0]]),
+                                 decode_lens=torch.tensor([1]))
+        for ids, pos in [([model.spec.vocab_size], [0]), ([-1], [0]), ([5], [model.rotary.cos.shape[0]]), ([5], [-1])]:
+            with pytest.raises(RuntimeError, match="code 2"):
+                stack.logits(torch.tensor(ids), torch.tensor(pos), meta)
+    finally:
+        llm.close()
 
 
 def test_steps_it_does_not_serve_take_the_python_path(tiny_llama):

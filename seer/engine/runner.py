@@ -122,10 +122,14 @@ class ModelRunner:
         meta = self._metadata(step.chunks, slot_mapping, self.sliding_window)
         if self.local_window:
             meta.local = self._metadata(step.chunks, slot_mapping, self.local_window)
-        embeds = self._embed(input_ids, step.images)
         pos = self._mrope_positions(step.chunks).to(dev) if self.mrope else ints[2 * n:]
-        hidden = self.model(embeds, pos, self.kv_caches, meta)
         rows = step.sample_rows  # increasing: n of them are every row, in order (a pure decode step)
+        if len(rows) == n and not step.images and not step.prompt_rows and not self.mrope:
+            logits = self.model.decode_logits(input_ids, pos, self.kv_caches, meta)
+            if logits is not None:  # the whole step in one native call
+                return StepOutput(logits, {})
+        embeds = self._embed(input_ids, step.images)
+        hidden = self.model(embeds, pos, self.kv_caches, meta)
         last = hidden if len(rows) == n else hidden.index_select(0, torch.tensor(rows, dtype=torch.long, device=dev))
         logits = self.model.compute_logits(last)
         prompt = {c.request_id: self._prompt_rows(hidden, first, c) for first, c in step.prompt_rows}

@@ -77,6 +77,9 @@ def _build() -> Optional[ctypes.CDLL]:
     lib.seer_decode_layers.restype = ctypes.c_int
     lib.seer_decode_layers.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_int64] + [ctypes.c_void_p] * 5
+    lib.seer_decode_step.restype = ctypes.c_int
+    lib.seer_decode_step.argtypes = [ctypes.c_void_p, ctypes.c_int64] + [ctypes.c_void_p] * 4 + [ctypes.c_int64] + [
+        ctypes.c_void_p] * 4
     for fn in (lib.seer_int_linear_q8, lib.seer_int_linear_q4):
         fn.restype = ctypes.c_int
         fn.argtypes = [ctypes.c_void_p] * 5 + [ctypes.c_int64] * 3 + [ctypes.c_int]
@@ -131,7 +134,7 @@ def paged_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, 
     return out
 
 
-PANEL = 32  # output columns per panel of ``pack_panels``' layout (NR in panel_linear.c)
+PANEL = 32  # output columns per panel of ``pack_panels``' layout (SEER_PANEL in kernels.h)
 
 _HUGE_PAGE = 2 << 20
 _MADV_HUGEPAGE = 14  # linux/mman.h
@@ -263,6 +266,20 @@ def decode_layers(layers, nlayers: int, dims, x: torch.Tensor, cos: torch.Tensor
     rc = _lib.seer_decode_layers(ctypes.addressof(layers), nlayers, ctypes.addressof(dims), out.data_ptr(),
                                  out.shape[0], cos.data_ptr(), sin.data_ptr(), meta.slot_mapping.data_ptr(),
                                  meta.decode_blocks.data_ptr(), meta.decode_lens.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"native decode step failed (code {rc})")
+    return out
+
+
+def decode_step(layers, nlayers: int, dims, ends, ids: torch.Tensor, positions: torch.Tensor, meta,
+                vocab: int) -> torch.Tensor:
+    """``decode_layers`` from token ids to logits: ``ends`` (``seer.layers.decode_stack``) says where
+    the embedding, the rotary tables, the final norm and the LM head are; ``ids`` and
+    ``positions`` ``[M]`` int64. Returns the logits ``[M, vocab]``."""
+    out = torch.empty(ids.shape[0], vocab)
+    rc = _lib.seer_decode_step(ctypes.addressof(layers), nlayers, ctypes.addressof(dims), ctypes.addressof(ends),
+                               ids.data_ptr(), positions.data_ptr(), ids.shape[0], meta.slot_mapping.data_ptr(),
+                               meta.decode_blocks.data_ptr(), meta.decode_lens.data_ptr(), out.data_ptr())
     if rc != 0:
         raise RuntimeError(f"native decode step failed (code {rc})")
     return out

@@ -152,3 +152,47 @@ int seer_decode_layers(const seer_layer_t *layers, int64_t nlayers, const seer_d
     free(buf);
     return rc ? rc + 100 : 0;
 }
+
+/* The ends of a decode step, for seer_decode_step: the token embedding before the layers, the
+ * final norm and the LM head after them, as seer.models.llama computes them. */
+typedef struct {
+    const float *embed;   /* [vocab, H] rows, or pack_panels' layout of them when embed_panels */
+    int64_t vocab, embed_panels;
+    const float *cos, *sin; /* the rotary tables [positions, head_dim] */
+    int64_t positions;
+    const float *norm;    /* the final RMSNorm's weight */
+    seer_lin_t head;      /* logits = head(norm(x)) */
+} seer_ends_t;
+
+/* A whole decode step from token ids to logits [M, head.N]: the embedding rows and the rotary
+ * rows of each position looked up here, then seer_decode_layers, the final norm and the head,
+ * the kernels the Python path calls in the order it calls them. Returns as seer_decode_layers,
+ * or 2 for a token id or position outside the tables. */
+int seer_decode_step(const seer_layer_t *layers, int64_t nlayers, const seer_dims_t *d, const seer_ends_t *e,
+                     const int64_t *ids, const int64_t *pos, int64_t M, const int64_t *slots, const int64_t *table,
+                     const int64_t *lens, float *logits) {
+    const int64_t H = d->hidden, D = d->head_dim;
+    for (int64_t m = 0; m < M; m++)
+        if (ids[m] < 0 || ids[m] >= e->vocab || pos[m] < 0 || pos[m] >= e->positions) return 2;
+    float *buf = malloc(sizeof(float) * M * (2 * H + 2 * D));
+    if (!buf) return 1;
+    float *x = buf, *h = x + M * H, *cos = h + M * H, *sin = cos + M * D;
+    for (int64_t m = 0; m < M; m++) {
+        const int64_t id = ids[m];
+        if (e->embed_panels) {
+            const float *panel = e->embed + (id / SEER_PANEL) * H * SEER_PANEL + id % SEER_PANEL;
+            for (int64_t k = 0; k < H; k++) x[m * H + k] = panel[k * SEER_PANEL];
+        } else
+            memcpy(x + m * H, e->embed + id * H, H * sizeof(float));
+        memcpy(cos + m * D, e->cos + pos[m] * D, D * sizeof(float));
+        memcpy(sin + m * D, e->sin + pos[m] * D, D * sizeof(float));
+    }
+    int rc = seer_decode_layers(layers, nlayers, d, x, M, cos, sin, slots, table, lens);
+    if (!rc) {
+        seer_rms_norm(x, H, e->norm, h, M, H, (float)d->eps, (int)d->threads);
+        rc = linear(&e->head, h, logits, M, (int)d->threads);
+        rc = rc ? rc + 100 : 0;
+    }
+    free(buf);
+    return rc;
+}

@@ -4,6 +4,8 @@
 #define SEER_KERNELS_H
 #include <stdint.h>
 
+#define SEER_PANEL 32 /* output columns per panel of panel_linear's weight layout (kernels.PANEL) */
+
 int seer_panel_linear_f32(const float *x, const float *wp, const float *b, float *y, int64_t M, int64_t K, int64_t N,
                           int nthreads);
 int seer_int_linear_q8(const float *x, const uint8_t *w, const float *ws, const float *b, float *y, int64_t M,

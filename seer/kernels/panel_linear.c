@@ -23,7 +23,7 @@
 #include "pool.h"
 #include "vec.h"
 
-#define NR 32 /* columns per panel: two vectors */
+#define NR SEER_PANEL /* columns per panel: two vectors */
 #define MR 12 /* rows per tile at most: 24 sums in registers */
 
 /* y[i, 0:nc] for i < mr rows of x against one panel; mr is a constant where inlined. */

@@ -158,6 +158,11 @@ class Gemma3TextModel(LlamaForCausalLM):
             x = layer(x, ropes[t], kv, meta)
         return self.norm(x)
 
+    def decode_logits(self, input_ids, positions, kv_caches, meta) -> None:
+        """No whole native step here (scaled embeddings, two rotary tables, soft-capped logits):
+        the runner takes ``forward``."""
+        return None
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = self.lm_head.logits(hidden)
         if self.softcap:

@@ -187,9 +187,19 @@ class LlamaForCausalLM(nn.Module):
         if self._stack is None and self._stack_tried:
             return None
         self._stack_tried = True
-        self._stack = DecodeStack.build(list(self.layers), self.spec, kv_caches) \
+        self._stack = DecodeStack.build(list(self.layers), self.spec, kv_caches,
+                                        (self.embed_tokens, self.rotary, self.norm, self.lm_head)) \
             if all(type(m) is DecoderLayer for m in self.layers) else None
         return self._stack
+
+    def decode_logits(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_caches,
+                      meta: AttentionMetadata) -> Optional[torch.Tensor]:
+        """The logits of a pure decode step straight from its token ids, in one native call
+        (``DecodeStack.logits``), where that applies; None where the step needs ``forward``."""
+        stack = self._decode_stack(kv_caches) if input_ids.device.type == "cpu" else None
+        if stack is None or stack.ends is None or not stack.applies_to(input_ids.shape[0], meta):
+            return None
+        return stack.logits(input_ids, positions, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head.logits(hidden)

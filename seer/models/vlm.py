@@ -1,7 +1,7 @@
 """What every vision-language model module shares: the runner's text interface.
 
 A VLM here is a vision tower and a projector around a decoder held as
-``self.language_model``; ``embed``, ``forward`` and ``compute_logits`` go straight
+``self.language_model``; ``embed``, ``forward``, ``decode_logits`` and ``compute_logits`` go straight
 to that decoder, and each family adds ``encode_images(list) -> list of features``.
 """
 
@@ -22,6 +22,9 @@ class VisionLanguageModel(nn.Module):
 
     def forward(self, embeds, positions, kv_caches, meta):
         return self.language_model(embeds, positions, kv_caches, meta)
+
+    def decode_logits(self, input_ids, positions, kv_caches, meta):
+        return self.language_model.decode_logits(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden):
         return self.language_model.compute_logits(hidden)
