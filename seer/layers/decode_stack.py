@@ -24,6 +24,7 @@ from .attention import AttentionMetadata
 from .linear import Linear
 from .quant import Int4Linear, Int8Linear
 from .rotary import RotaryEmbedding
+from .vocab import ParallelLMHead
 
 
 class _Lin(ctypes.Structure):
@@ -49,7 +50,8 @@ class _Dims(ctypes.Structure):
         ("eps", ctypes.c_double), ("scale", ctypes.c_double)]
 
 
-_KINDS = {Linear: 0, Int8Linear: 1, Int4Linear: 2}  # LIN_* in decode_stack.c
+# LIN_* in decode_stack.c; an LM head not quantised is a Linear (its forward, then)
+_KINDS = {Linear: 0, ParallelLMHead: 0, Int8Linear: 1, Int4Linear: 2}
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -150,11 +152,7 @@ def _ends(embed, rotary, norm, head) -> Optional[tuple[_Ends, tuple]]:
     them is of a kind the native step does not know (the step then starts from embeddings)."""
     if type(rotary) is not RotaryEmbedding or embed.shard.tp.size != 1:
         return None
-    if head.quantized is not None:
-        lin = _lin(head.quantized)
-    else:  # a ParallelLMHead is a packed fp32 Linear without a bias, or not packed at all
-        lin = None if head.packed is None else _Lin(0, head.packed.data_ptr(), None, None, head.in_features,
-                                                    head.out_features)
+    lin = _lin(head.quantized if head.quantized is not None else head)
     table = embed.packed if embed.packed is not None else embed.weight
     tensors = (table, rotary.cos, rotary.sin, norm.weight)
     if lin is None or any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
