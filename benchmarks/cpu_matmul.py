@@ -6,6 +6,10 @@ its weight from memory as a decode step does. Prints GFLOP/s per shape and for a
 layers and the head), best of ``--repeats``, the two alternating.
 
     python benchmarks/cpu_matmul.py --rows 1 16 64 128 256 512 4096
+    python benchmarks/cpu_matmul.py --rows 1 16 --against 4k-pages --repeats 8   # 2 MB pages or not
+
+``--against 4k-pages`` times ``panel_linear`` over the same packed weights copied to ordinary
+memory (4 KB pages where transparent huge pages are "madvise", as here) instead of BLAS.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 16, 64, 128, 256])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--against", choices=["blas", "4k-pages"], default="blas")
     a = ap.parse_args(argv)
     import torch
     import torch.nn.functional as F
@@ -42,12 +47,14 @@ def main(argv=None) -> int:
     print("| rows | " + " | ".join(f"{n}x{k}" for n, k in SHAPES) + " | whole step |")
     print("|---|" + "---|" * (len(SHAPES) + 1))
     for m in a.rows:
-        best = {"panel_linear": [], "BLAS": []}  # seconds per call, by shape
+        other = "BLAS" if a.against == "blas" else "panel_linear, 4 KB pages"
+        best = {"panel_linear": [], other: []}  # seconds per call, by shape
         for n, k in SHAPES:
             ws = [torch.randn(n, k) for _ in range(max(1, 200_000_000 // (n * k * 4)))]
-            engines = {"panel_linear": ([kernels.pack_panels(w) for w in ws],
-                                        lambda x, p, n=n: kernels.panel_linear(x, p, None, n)),
-                       "BLAS": (ws, F.linear)}
+            packed = [kernels.pack_panels(w) for w in ws]  # on 2 MB pages
+            panel = lambda x, p, n=n: kernels.panel_linear(x, p, None, n)  # noqa: E731
+            engines = {"panel_linear": (packed, panel),
+                       other: (ws, F.linear) if a.against == "blas" else ([p.clone() for p in packed], panel)}
             x = torch.randn(m, k)
             secs = {name: float("inf") for name in engines}
             for _ in range(a.repeats):  # the two alternate

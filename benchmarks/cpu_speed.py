@@ -15,6 +15,7 @@ off by 2x).
     python benchmarks/cpu_speed.py --write       # the table into BENCHMARKS.md ("cpu" section)
     python benchmarks/cpu_speed.py --engines seer --quants f32,int8   # seer alone
     python benchmarks/cpu_speed.py --quants f32,int8,int4,int8+bf16kv  # + seer with a bf16 KV cache
+    python benchmarks/cpu_speed.py --quants f32,int4 --batches 1 --no-prefill --repeats 5  # batch 1, round by round
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quants", default="f32,int8,int4")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--batches", type=int, nargs="+", help="decode batch sizes (default 1 16 64)")
     ap.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     ap.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -109,9 +111,12 @@ def main(argv=None) -> int:
         return 0
     build()
     engines, quants = a.engines.split(","), a.quants.split(",")
-    shapes = [("decode", DECODE)] + ([] if a.no_prefill else [("prefill", PREFILL)])
+    decode = dict(DECODE, batches=tuple(a.batches)) if a.batches else DECODE
+    shapes = [("decode", decode)] + ([] if a.no_prefill else [("prefill", PREFILL)])
     best: dict = {}
+    pairs: dict = {}  # (kind, batch, quant) -> seer / llama.cpp of each round: one timing is never trusted
     loads = [load_average()]
+    this_round: dict = {}  # seer's figure of a row, until the llama.cpp run after it
     for _ in range(a.repeats):
         for kind, s in shapes:
             for b in s["batches"]:
@@ -123,6 +128,10 @@ def main(argv=None) -> int:
                         key = (kind, b, q, e)
                         best[key] = max(best.get(key, 0.0), v)
                         print(f"{kind:>7} batch {b:>2} {q:>4} {e:>9}: {v:7.1f} tok/s", flush=True)
+                        if e == "seer":
+                            this_round[(kind, b, q)] = v
+                        elif (kind, b, q) in this_round:  # seer's figure of this round, just before
+                            pairs.setdefault((kind, b, q), []).append(this_round.pop((kind, b, q)) / v)
         loads.append(load_average())
     rows = []
     for kind, s in shapes:
@@ -134,6 +143,8 @@ def main(argv=None) -> int:
                 label = f"{base}, bf16 KV" if q != base else base
                 rows.append(f"| {kind} | {b} | {label} / {LLAMA_QUANT[base]} | {se or 0:.1f} | {lc or 0:.1f} | {ratio} |")
     print("\n".join(rows))
+    for (kind, b, q), rs in pairs.items():  # each round's seer against the llama.cpp run after it
+        print(f"{kind} batch {b} {q}: rounds " + ", ".join(f"{r:.2f}x" for r in rs))
     if a.write:
         from offline import machine_info, write_section
 
