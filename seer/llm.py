@@ -16,6 +16,7 @@ tensor is a batch of them), which skip the vision encoder.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -249,7 +250,7 @@ class LLM:
             raise ValueError("a prompt is a str or a dict with 'prompt' (text) or 'prompt_token_ids', "
                              "and optionally 'multi_modal_data': {'image': ...}")
         if "prompt_token_ids" in prompt:
-            ids = list(prompt["prompt_token_ids"])
+            ids = _token_ids(prompt["prompt_token_ids"], self._pipe.family.model.spec.vocab_size)
         else:
             if not isinstance(prompt["prompt"], str):
                 raise ValueError(f"'prompt' must be a str, got {type(prompt['prompt']).__name__}")
@@ -333,6 +334,24 @@ def _logprobs(d: dict[int, float], token: int, rank: Optional[int], tokenizer) -
     for i, (t, v) in enumerate(sorted(d.items(), key=lambda kv: -kv[1]), 1):
         if t != token:
             out[t] = Logprob(v, i, tokenizer.decode([t]))
+    return out
+
+
+def _token_ids(ids, vocab: int) -> list[int]:
+    """``prompt_token_ids`` as a list of ints in ``[0, vocab)``; else a ``ValueError`` naming what is wrong."""
+    if isinstance(ids, (str, bytes, dict)) or not hasattr(ids, "__iter__"):
+        raise ValueError(f"'prompt_token_ids' must be a list of ints, got {type(ids).__name__}")
+    out = []
+    for t in ids:
+        try:
+            if isinstance(t, bool):
+                raise TypeError
+            out.append(operator.index(t))
+        except TypeError:
+            raise ValueError(f"'prompt_token_ids' must hold ints, got {type(t).__name__} {str(t)[:40]!r}") from None
+    bad = [t for t in out if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"prompt_token_ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
     return out
 
 

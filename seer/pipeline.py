@@ -241,7 +241,7 @@ class Pipeline:
         mean negative log-likelihood of its tokens after the first, each given those before it
         (the cross-entropy loss; ``exp`` of it is the perplexity). The whole sequence is computed:
         none of it comes from the prefix cache."""
-        batch = _token_batch(input_ids, "get_ppl", 2)
+        batch = _token_batch(input_ids, "get_ppl", 2, self.family.model.spec.vocab_size)
         responses = self._score(batch, GenerationConfig(max_new_tokens=1, prompt_logprobs=0), "get_ppl")
         return [-sum(d[t] for d, t in zip(r.prompt_logprobs[1:], ids[1:])) / (len(ids) - 1)
                 for ids, r in zip(batch, responses)]
@@ -250,7 +250,7 @@ class Pipeline:
         """LMDeploy's ``get_logits``: for each sequence of token ids (one list, or a list of lists),
         the logits of every position, ``[len(ids), vocab]`` fp32 on the CPU (row i scores the token
         after the first i + 1). Computed whole, not from the prefix cache."""
-        batch = _token_batch(input_ids, "get_logits", 1)
+        batch = _token_batch(input_ids, "get_logits", 1, self.family.model.spec.vocab_size)
         return [r.logits for r in self._score(batch, GenerationConfig(max_new_tokens=1, output_logits="all"),
                                               "get_logits")]
 
@@ -357,14 +357,18 @@ class Pipeline:
         return results
 
 
-def _token_batch(input_ids, what: str, shortest: int) -> list:
-    """``input_ids`` as a list of token-id lists (one list is a batch of one), each checked."""
+def _token_batch(input_ids, what: str, shortest: int, vocab: int) -> list:
+    """``input_ids`` as a list of token-id lists (one list is a batch of one), each checked: ints
+    in ``[0, vocab)``."""
     batch = [input_ids] if isinstance(input_ids, (list, tuple)) and input_ids and \
         isinstance(input_ids[0], int) else input_ids
     if not isinstance(batch, (list, tuple)) or not batch or not all(
             isinstance(ids, (list, tuple)) and len(ids) >= shortest
             and all(isinstance(t, int) and not isinstance(t, bool) for t in ids) for ids in batch):
         raise ValueError(f"{what} takes token ids: a list of at least {shortest} ints, or a list of such lists")
+    bad = [t for ids in batch for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"{what}: token ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
     return list(batch)
 
 

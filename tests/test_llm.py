@@ -108,6 +108,11 @@ def test_sampling_params(llm):
     ({"prompt": "no placeholder here", "multi_modal_data": {"image": tm.make_image(1)}}, "placeholder"),
     ({"prompt": "<image> x", "multi_modal_data": {"video": [1]}}, "not supported"),
     ({"text": "wrong key"}, "prompt_token_ids"),
+    ({"prompt_token_ids": [5, 10 ** 9]}, r"\[1000000000\] are outside the model's vocabulary \[0, \d+\)"),
+    ({"prompt_token_ids": [-1]}, r"\[-1\] are outside"),  # one token: served by the native decode step
+    ({"prompt_token_ids": [5, 1.5]}, "must hold ints, got float"),
+    ({"prompt_token_ids": [True]}, "must hold ints, got bool"),
+    ({"prompt_token_ids": "5 6"}, "must be a list of ints, got str"),
     ({"prompt": "<image> x", "multi_modal_data": {"image": torch.zeros(5, 3)}}, r"\[image tokens, \d+\]"),
     ({"prompt": "<image> x", "multi_modal_data": {"image": torch.zeros(5, 4, 3, 2)}}, r"\[image tokens, \d+\]"),
 ])

@@ -116,3 +116,8 @@ def test_get_logits_and_output_logits_all_equal_transformers(tiny_llama, cfg):
         torch.testing.assert_close(r.logits[:len(IDS)], want[0], atol=1e-4, rtol=1e-4)
         with pytest.raises(ValueError, match="get_logits takes token ids"):
             pipe.get_logits([[]])
+        for bad in ([IDS[:3] + [-1]], [[pipe.family.model.spec.vocab_size]]):
+            with pytest.raises(ValueError, match=r"get_logits: token ids \[-?\d+\] are outside the model's vocabulary"):
+                pipe.get_logits(bad)
+        with pytest.raises(ValueError, match=r"get_ppl: token ids \[99999999\] are outside"):
+            pipe.get_ppl([5, 99999999])
