@@ -118,7 +118,7 @@ class DecodeStack:
                 s.qn, s.kn = norms[2].data_ptr(), norms[3].data_ptr()
             s.qkv, s.o, s.gate_up, s.down = lins
             s.kc, s.vc = kc.data_ptr(), vc.data_ptr()
-        described = _ends(*ends) if ends is not None else None
+        described = _ends(*ends, spec.head_dim) if ends is not None else None
         return cls(layers, spec, kv_caches, structs, *(described or (None, ())))
 
     def fits(self, kv_caches) -> bool:
@@ -147,11 +147,11 @@ class DecodeStack:
         return kernels.decode_step(self.structs, self.nlayers, self.dims, self.ends, ids, positions, meta, self.vocab)
 
 
-def _ends(embed, rotary, norm, head) -> Optional[tuple[_Ends, tuple]]:
+def _ends(embed, rotary, norm, head, head_dim: int) -> Optional[tuple[_Ends, tuple]]:
     """The native description of a step's ends, and the tensors it points into; None where one of
     them is of a kind the native step does not know (the step then starts from embeddings)."""
-    if type(rotary) is not RotaryEmbedding or embed.shard.tp.size != 1:
-        return None
+    if type(rotary) is not RotaryEmbedding or embed.shard.tp.size != 1 or rotary.cos.shape[1] != head_dim:
+        return None  # (the kernel reads head_dim values of each table row)
     lin = _lin(head.quantized if head.quantized is not None else head)
     table = embed.packed if embed.packed is not None else embed.weight
     tensors = (table, rotary.cos, rotary.sin, norm.weight)
