@@ -16,16 +16,18 @@ Reproduce the shipped weights (the default output is ``seer/assets/demo-vlm``)::
 
     python scripts/train_demo_model.py --threads 2
 
-The shipped weights come from five runs (see the README's "The demo model" section for the
+The shipped weights come from six runs (see the README's "The demo model" section for the
 times; ``training.json`` records each, the run it started from under ``init``): the defaults
 with ``--threads 2`` trained on the fixed question templates only (the first shipped model),
-then four fine-tunings of the previous weights on the mix of fixed templates, people's
-phrasings (``scenes.PHRASINGS`` and ``scenes.COMPOSED``), multi-turn chats and out-of-scope
-questions, with the vision tower kept as it was, the last one::
+then five fine-tunings of the previous weights on the mix of fixed templates, people's
+phrasings (``scenes.PHRASINGS``, ``scenes.COMPOSED`` and, in the last, ``scenes.EXTRA_PHRASINGS``
+with ``scenes.roughen``'s fillers and typos), multi-turn chats and out-of-scope questions, with
+the vision tower kept as it was, the last one::
 
     python scripts/train_demo_model.py --init seer/assets/demo-vlm --vision-steps 0 \
-        --freeze-vision --aux-weight 0 --lr 8e-4 --warmup 50 --minutes 55 \
-        --focus 1 --later-focus 2 --upper-fraction 0.1 --eval-every 0
+        --freeze-vision --aux-weight 0 --lr 6e-4 --warmup 30 --minutes 90 \
+        --focus 1 --later-focus 2 --upper-fraction 0.1 --extra-fraction 0.35 \
+        --rough-fraction 0.15 --eval-every 0
 
 and its weights blended half and half with the ones it started from (``training.json``'s
 ``shipped_weights``).
@@ -245,10 +247,12 @@ def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
     ``scenes.vary``'s case, punctuation, article and spelling changes), about the same object.
     Then ``--multi-turn`` chats of 2-4 turns: any kind in any phrasing, an out-of-scope question
     now and then, and follow-ups that refer back ("And the other one?")."""
-    ph = scenes.Phraser(scene)
+    ph = scenes.Phraser(scene, extra=a.extra_fraction)
 
-    def vary(q):  # scenes.vary, and more all-capitals questions (whose byte pieces are rare)
+    def vary(q):  # scenes.vary (and scenes.roughen), and more all-capitals questions (whose byte pieces are rare)
         q = scenes.vary(q, rng)
+        if a.rough_fraction and rng.random() < a.rough_fraction:
+            q = scenes.roughen(q, rng)
         return q.upper() if a.upper_fraction and rng.random() < a.upper_fraction else q
 
     def phrased(kind, obj=None):
@@ -632,6 +636,10 @@ def parse_args(argv=None):
                          "one 'where' question (the fifth fine-tuning: 2)")
     ap.add_argument("--upper-fraction", type=float, default=0.0,
                     help="share of phrased questions put in all capitals on top of scenes.vary's (fourth fine-tuning: 0.08)")
+    ap.add_argument("--extra-fraction", type=float, default=0.0,
+                    help="share of phrased questions in scenes.EXTRA_PHRASINGS' wordings (sixth fine-tuning: 0.35)")
+    ap.add_argument("--rough-fraction", type=float, default=0.0,
+                    help="share of phrased questions given scenes.roughen's fillers and typos (sixth fine-tuning: 0.15)")
     ap.add_argument("--init", default=None,
                     help="start from this trained model folder (its weights and tokenizer) instead of from scratch; "
                          "use with --vision-steps 0")

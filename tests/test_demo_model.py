@@ -88,13 +88,33 @@ def test_second_heldout_list_is_fresh():
     scenes._check_disjoint()
     assert set(scenes.HELDOUT2_PHRASINGS) == set(scenes.HELDOUT_PHRASINGS)
     c = scenes._core
-    train = [f" {c(t)} " for v in (*scenes.PHRASINGS.values(), *scenes.COMPOSED.values()) for t, _ in v]
+    train = [f" {c(t)} " for v in (*scenes.PHRASINGS.values(), *scenes.COMPOSED.values(),
+                                    *scenes.EXTRA_PHRASINGS.values()) for t, _ in v]
     for v in scenes.HELDOUT2_PHRASINGS.values():
         for t, _ in v:
             assert not any(f" {c(t)} " in x for x in train), t
     for kind in scenes.PHRASED_KINDS:
         items = scenes.phrased_eval_items(kind, 3, later=True, heldout=2)
         assert len(items) == 3 and all(q for _, _, q, _ in items)
+
+
+def test_extra_wordings_and_roughen():
+    """The sixth fine-tuning's wordings contain no held-out wording (of three words or more), and
+    roughen's noise never touches a word that carries the answer."""
+    import random
+
+    c = scenes._core
+    held = {c(t) for ph in (scenes.HELDOUT_PHRASINGS, scenes.HELDOUT2_PHRASINGS) for v in ph.values() for t, _ in v}
+    for v in scenes.EXTRA_PHRASINGS.values():
+        for t, _ in v:
+            assert not any(len(h.split()) >= 3 and f" {h} " in f" {c(t)} " for h in held), t
+    import re
+
+    rng = random.Random(0)
+    for _ in range(300):
+        q = scenes.roughen("Is the red star bigger than the blue ring on the left?", rng)
+        words = re.findall(r"\w+", q.lower())
+        assert all(w in words for w in ("red", "star", "bigger", "blue", "ring", "left")), q
 
 
 def _chat(scene, *turns):
