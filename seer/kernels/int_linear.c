@@ -13,7 +13,8 @@
  *     bytes [N / 32][K4 / 4][32][4], K4 = K rounded up to 4 (the padding's x is 0)
  *     y[i, n] = (sum_k q xq - 128 sum_k xq) (xs[i] ws[n]) + b[n]        (the sums exact in int32)
  *   seer_int_linear_q4: q = w + 8 in 0..15, one scale per 32 columns: W[n, k] = ws[n, k / 32] (q - 8);
- *     K a multiple of 32; scales fp16 (4.5 bits a weight in all, as llama.cpp's q4_0) [N / 32][K / 32][32]; bytes [N / 32][K / 32][4][2][16][4]: for
+ *     K a multiple of 32; scales fp16 (4.5 bits a weight in all, as llama.cpp's q4_0) [N / 32][K / 32][32];
+ *     bytes [N / 32][K / 32][4][2][16][4]: for
  *     group g, pair of steps c, half v (rows 16v..16v+15), row r, column t: the low nibble holds
  *     column 32g + 8c + t, the high one column 32g + 8c + 4 + t
  *     y[i, n] = xs[i] sum_g ws[n, g] (sum_{k in g} q xq - 8 sum_{k in g} xq) + b[n]

@@ -74,7 +74,8 @@ def _int4_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     n, k = w.shape
     g = k // GROUP
     w = w.reshape(n, g, GROUP)
-    # As q4_0: the group's largest-magnitude weight maps to -8 exactly, so all 16 levels serve.
+    # As q4_0: the group's largest-magnitude weight maps to -8 (up to the fp16 scale's rounding),
+    # so all 16 levels serve.
     peak = w.gather(2, w.abs().argmax(dim=2, keepdim=True)).squeeze(2)
     # The scale in fp16 (the kernel streams it with the weights: 4.5 bits a weight, not 5), and
     # the weights rounded against the scale as stored; one too small for fp16 becomes its least.
