@@ -146,8 +146,9 @@ def huge_page_empty(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     (``madvise(MADV_HUGEPAGE)``, Linux; elsewhere, or under 2 MB, a plain ``torch.empty``).
 
     The kernels stream the weights once per step; with 4 KB pages every 4 KB of that stream is a
-    TLB miss and a stop for the hardware prefetcher, which costs ~12% of the bandwidth at one row
-    (``benchmarks/cpu_matmul.py``). Advise before the first touch, so the pages fault in huge."""
+    TLB miss and a stop for the hardware prefetcher: a one-row step's matmuls read 28 GB/s on 4 KB
+    pages, 36 on 2 MB ones (``benchmarks/cpu_matmul.py --against 4k-pages``). Advise before the
+    first touch, so the pages fault in huge."""
     global _madvise
     numel = 1
     for d in shape:
