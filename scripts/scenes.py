@@ -573,6 +573,16 @@ def _core(t: str) -> str:
     return " ".join(w for w in t.split() if w not in ("the", "a", "an"))
 
 
+_HELD_CORES = {_core(t) for v in (*HELDOUT_PHRASINGS.values(), *HELDOUT2_PHRASINGS.values()) for t, _ in v}
+
+
+def _contains_held(t: str) -> bool:
+    """Whether a held-out wording of three or more words is inside ``t``'s core, with an opener or
+    suffix around it (shorter ones, "The {ref}?", are inside everything)."""
+    c = f" {_core(t)} "
+    return any(f" {h} " in c for h in _HELD_CORES if len(h.split()) >= 3)
+
+
 # --------------------------------------------------------------------------------------------
 # Composed training wordings: openers x question bodies x place suffixes, with synonyms
 # (object/shape/thing/item/figure, image/picture/photo, bigger/larger, number/count/total). Used
@@ -789,13 +799,7 @@ def _composed(rng: random.Random) -> dict:
                           ("Which of them is larger, the {a} or the {b}?", "bare"), ("Biggest: the {a} or the {b}?", "bare"),
                           ("Is the {a} the bigger or the smaller one compared to the {b}?", "bigsmall"),
                           ("Compared with the {b}, is the {a} larger or smaller?", "bigsmall")], n=3)
-    held = {_core(t) for v in (*HELDOUT_PHRASINGS.values(), *HELDOUT2_PHRASINGS.values()) for t, _ in v}
-
-    def unseen(t: str) -> bool:  # no held-out wording inside it, with an opener or suffix around it
-        c = f" {_core(t)} "
-        return not any(f" {h} " in c for h in held if len(h.split()) >= 3)  # ("The {ref}?" is in everything)
-
-    return {k: sorted(x for x in v if unseen(x[0])) for k, v in out.items()}
+    return {k: sorted(x for x in v if not _contains_held(x[0])) for k, v in out.items()}
 
 
 COMPOSED = _composed(random.Random(17))
@@ -975,11 +979,9 @@ EXTRA_PHRASINGS = {
 for _k in ("position_x", "position_y"):
     EXTRA_PHRASINGS[_k] = EXTRA_PHRASINGS[_k] + EXTRA_PHRASINGS["where"]
 del EXTRA_PHRASINGS["where"]
-_HELD_CORES = {_core(t) for v in (*HELDOUT_PHRASINGS.values(), *HELDOUT2_PHRASINGS.values()) for t, _ in v}
 # as for the composed wordings, any that contains a held-out wording of three or more words is dropped
 # (mostly short ones such as "where is the {ref}" inside "Where exactly is the {ref}?")
-EXTRA_PHRASINGS = {k: [x for x in v if not any(len(h.split()) >= 3 and f" {h} " in f" {_core(x[0])} "
-                                               for h in _HELD_CORES)] for k, v in EXTRA_PHRASINGS.items()}
+EXTRA_PHRASINGS = {k: [x for x in v if not _contains_held(x[0])] for k, v in EXTRA_PHRASINGS.items()}
 
 # roughen(): generic noise on a training question (fillers before or after, a typo in a word that
 # carries no answer, a doubled space): people's typing, not any particular wording
@@ -1034,9 +1036,7 @@ def _check_disjoint() -> None:
     train = {_core(t) for v in PHRASINGS.values() for t, _ in v} | {_core(t) for v in QUESTIONS.values() for t in v}
     train |= {_core(t) for v in COMPOSED.values() for t, _ in v}
     train |= {_core(t) for v in EXTRA_PHRASINGS.values() for t, _ in v}
-    held = {_core(t) for v in (*HELDOUT_PHRASINGS.values(), *HELDOUT2_PHRASINGS.values()) for t, _ in v}
-    bad = [t for v in EXTRA_PHRASINGS.values() for t, _ in v  # like the composed ones: no held-out wording inside
-           if any(len(h.split()) >= 3 and f" {h} " in f" {_core(t)} " for h in held)]
+    bad = [t for v in EXTRA_PHRASINGS.values() for t, _ in v if _contains_held(t)]  # like the composed ones
     assert not bad, f"sixth-run wordings that contain a held-out wording: {bad}"
     for phr in (HELDOUT_PHRASINGS, HELDOUT2_PHRASINGS):
         for kind, v in phr.items():
