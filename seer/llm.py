@@ -24,7 +24,7 @@ import torch
 
 from .config import EngineConfig, GenerationConfig, VisionConfig, known_fields
 from .engine.request import PromptInputs
-from .messages import check_text, split_batch, to_conversation
+from .messages import check_text, check_token_ids, split_batch, to_conversation
 from .pipeline import Pipeline
 from .vl import load_image
 
@@ -349,9 +349,7 @@ def _token_ids(ids, vocab: int) -> list[int]:
             out.append(operator.index(t))
         except TypeError:
             raise ValueError(f"'prompt_token_ids' must hold ints, got {type(t).__name__} {str(t)[:40]!r}") from None
-    bad = [t for t in out if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"prompt_token_ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
+    check_token_ids(out, vocab, "prompt_token_ids")
     return out
 
 

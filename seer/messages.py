@@ -117,6 +117,14 @@ def check_text(text: str, where: str = "text") -> str:
     return text
 
 
+def check_token_ids(ids, vocab: int, what: str) -> None:
+    """A ``ValueError`` naming the first few of ``ids`` that are not token ids of the model's
+    ``vocab``-token vocabulary."""
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"{what} {bad[:5]} are outside the model's vocabulary [0, {vocab})")
+
+
 def text_part(text: str) -> Part:
     return {"type": "text", "text": check_text(text)}
 

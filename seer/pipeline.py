@@ -25,7 +25,7 @@ from .engine.engine import Engine, kv_cache_blocks
 from .engine.parallel import ranks_per_device, start_tp
 from .engine.request import PromptInputs, RequestOutput
 from .engine.runner import ModelRunner
-from .messages import split_batch, to_conversation
+from .messages import check_token_ids, split_batch, to_conversation
 from .vl import MediaPolicy
 from .models import base
 from .models.base import ModelFamily, read_config_json
@@ -366,9 +366,8 @@ def _token_batch(input_ids, what: str, shortest: int, vocab: int) -> list:
             isinstance(ids, (list, tuple)) and len(ids) >= shortest
             and all(isinstance(t, int) and not isinstance(t, bool) for t in ids) for ids in batch):
         raise ValueError(f"{what} takes token ids: a list of at least {shortest} ints, or a list of such lists")
-    bad = [t for ids in batch for t in ids if not 0 <= t < vocab]
-    if bad:
-        raise ValueError(f"{what}: token ids {bad[:5]} are outside the model's vocabulary [0, {vocab})")
+    for ids in batch:
+        check_token_ids(ids, vocab, f"{what}: token ids")
     return list(batch)
 
 
