@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import math
 import os
 import shutil
 import subprocess
@@ -150,10 +151,7 @@ def huge_page_empty(shape, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     pages, 36 on 2 MB ones (``benchmarks/cpu_matmul.py --against 4k-pages``). Advise before the
     first touch, so the pages fault in huge."""
     global _madvise
-    numel = 1
-    for d in shape:
-        numel *= d
-    nbytes = numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < _HUGE_PAGE or not hasattr(os, "uname") or os.uname().sysname != "Linux":
         return torch.empty(shape, dtype=dtype)
     if _madvise is None:

@@ -135,16 +135,20 @@ class DecodeStack:
         return (meta.num_decode == rows > 0 and not meta.prefills and meta.decode_mask is None
                 and meta.local is None)
 
-    def __call__(self, x: torch.Tensor, rope, meta: AttentionMetadata) -> torch.Tensor:
+    def _for_step(self, meta: AttentionMetadata):
+        """The dimensions, with this step's block-table width and thread count."""
         self.dims.max_blocks, self.dims.threads = meta.decode_blocks.shape[1], torch.get_num_threads()
-        return kernels.decode_layers(self.structs, self.nlayers, self.dims, x, *rope, meta)
+        return self.dims
+
+    def __call__(self, x: torch.Tensor, rope, meta: AttentionMetadata) -> torch.Tensor:
+        return kernels.decode_layers(self.structs, self.nlayers, self._for_step(meta), x, *rope, meta)
 
     def logits(self, ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """The whole step, token ids to logits, in one call (``self.ends`` must be set). After the
         weights stream through the caches every torch call costs tens of microseconds, so at
         batch 1 the embedding, rotary, norm and head calls this saves are a tenth of an int4 step."""
-        self.dims.max_blocks, self.dims.threads = meta.decode_blocks.shape[1], torch.get_num_threads()
-        return kernels.decode_step(self.structs, self.nlayers, self.dims, self.ends, ids, positions, meta, self.vocab)
+        return kernels.decode_step(self.structs, self.nlayers, self._for_step(meta), self.ends, ids, positions, meta,
+                                   self.vocab)
 
 
 def _ends(embed, rotary, norm, head, head_dim: int) -> Optional[tuple[_Ends, tuple]]:
