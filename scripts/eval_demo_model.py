@@ -16,14 +16,17 @@ used in training), each kind in one batched greedy ``pipe(...)`` call:
 - a second held-out list (``scenes.HELDOUT2_PHRASINGS``, ``--heldout 2``), written after the
   fourth fine-tuning and before any further training, because that run's data had been chosen
   from the kinds of error seen on the first list (now partly a development set): scored the
-  same way, on scenes of its own.
+  same way, on scenes of its own;
+- a third (``HELDOUT3_PHRASINGS`` in ``heldout3.py``, ``--heldout 3``), written by hand before the
+  seventh fine-tuning by someone who had not read that run's training wordings, once the second
+  had become a development set (the seventh run's wordings were chosen from its errors).
 
 Captions are scored by whether they name every object (colour and shape), with the
 exact-caption rate beside it for the fixed templates.
 
     python scripts/eval_demo_model.py                  # print the table
     python scripts/eval_demo_model.py --write-readme   # and put it into README.md
-    python scripts/eval_demo_model.py --only phrased --heldout 2   # the second held-out list only
+    python scripts/eval_demo_model.py --only phrased --heldout 3   # the third held-out list only
 
 The README table sits between ``<!-- demo-eval:begin -->`` and ``<!-- demo-eval:end -->``.
 """
@@ -70,16 +73,17 @@ def _conversation(scene, history, question):
 
 
 def evaluate(model: str, n: int, threads: int, max_new_tokens: int = 40, show_errors: int = 0,
-             n_phrased: int = None, fixed: bool = True, phrased: bool = True, heldout=(1, 2)) -> dict:
+             n_phrased: int = None, fixed: bool = True, phrased: bool = True, heldout=(1, 2, 3)) -> dict:
     """Scores per kind: ``results["fixed"]``, and per held-out list and turn ``results["first"]`` /
-    ``["later"]`` (list 1) and ``["first2"]`` / ``["later2"]`` (list 2)."""
+    ``["later"]`` (list 1), ``["first2"]`` / ``["later2"]`` (list 2) and so on (``_key``)."""
     import torch
 
     from seer import EngineConfig, GenerationConfig, VisionConfig, pipeline
 
     torch.set_num_threads(threads)
     n_phrased = n if n_phrased is None else n_phrased
-    results = {"fixed": {}, "first": {}, "later": {}, "first2": {}, "later2": {}, "n": n, "n_phrased": n_phrased}
+    results = {"fixed": {}, "n": n, "n_phrased": n_phrased}
+    results.update({_key(t, h): {} for h in heldout for t in ("first", "later")})
     gen = GenerationConfig(max_new_tokens=max_new_tokens)
     with pipeline(model, backend_config=EngineConfig(max_batch_size=256),
                   vision_config=VisionConfig(max_batch_size=64)) as pipe:
@@ -102,7 +106,7 @@ def evaluate(model: str, n: int, threads: int, max_new_tokens: int = 40, show_er
             for seed, q, a, t in wrong[:show_errors]:
                 print(f"    seed {seed}: {q!r} expected {a!r} got {t!r}")
         for ho, turn in [(h, t) for h in heldout for t in ("first", "later")] if phrased else ():
-            key = turn + ("" if ho == 1 else str(ho))
+            key = _key(turn, ho)
             for kind in scenes.PHRASED_KINDS:
                 if kind == "followup" and turn == "first":  # a follow-up is a later turn by nature
                     continue
@@ -125,35 +129,51 @@ def _pct(r: dict) -> str:
     return "—" if r is None else f"{r['score']:.1%}"
 
 
+LISTS = {1: "partly a development set since the fourth fine-tuning",
+         2: "written before the fifth, a development set since the seventh",
+         3: "written before the seventh by someone who had not read its training wordings"}
+
+
+def _key(turn: str, ho: int) -> str:
+    """``results`` key of a held-out list's turn: "first", "later2", "first3", ..."""
+    return turn + ("" if ho == 1 else str(ho))
+
+
 def table(results: dict, n: int = None) -> str:
-    rows = ["| question type | fixed template (example) | held-out phrasing, list 1 (example) "
-            "| held-out phrasing, list 2 (example) | fixed templates | list 1, first turn | list 1, later turn "
-            "| list 2, first turn | list 2, later turn |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    lists = [h for h in LISTS if results.get(_key("first", h)) or results.get(_key("later", h))]
+    example_list = max(lists) if lists else None  # examples from the newest list scored
+    rows = ["| question type | fixed template (example) | "
+            + (f"held-out phrasing, list {example_list} (example) | " if lists else "") + "fixed templates | "
+            + "".join(f"list {h}, first turn | list {h}, later turn | " for h in lists).rstrip(" "),
+            "|---|---|" + "---|" * (bool(lists) + 1 + 2 * len(lists))]
     kinds = list(scenes.KINDS) + [k for k in scenes.PHRASED_KINDS if k not in scenes.KINDS]
 
     def example(r):
         return "—" if r is None else f"{r['example'][0].strip()} → {r['example'][1]}".replace("|", "\\|")
 
     for kind in kinds:
-        fx, first, later, first2, later2 = (results.get(t, {}).get(kind)
-                                            for t in ("fixed", "first", "later", "first2", "later2"))
-        ho, ho2 = example(first or later), example(first2 or later2)
-        if kind == "followup":
-            ho, ho2 = ("(after a question about another object) " + h if h != "—" else h for h in (ho, ho2))
+        fx = results.get("fixed", {}).get(kind)
+        cells = [example(fx)]
+        if lists:
+            r = (results.get(_key("first", example_list), {}).get(kind)
+                 or results.get(_key("later", example_list), {}).get(kind))
+            ex = example(r)
+            cells.append("(after a question about another object) " + ex if kind == "followup" and r else ex)
         if fx is None:
-            cell = "—"
+            cells.append("—")
         elif kind == "caption":
-            cell = f"{fx['score']:.1%} name every object ({fx['exact']:.1%} exact)"
+            cells.append(f"{fx['score']:.1%} name every object ({fx['exact']:.1%} exact)")
         else:
-            cell = f"{fx['score']:.1%}"
-        rows.append(f"| {LABELS.get(kind, kind)} | {example(fx)} | {ho} | {ho2} | {cell} | {_pct(first)} "
-                    f"| {_pct(later)} | {_pct(first2)} | {_pct(later2)} |")
+            cells.append(f"{fx['score']:.1%}")
+        for h in lists:
+            cells += [_pct(results.get(_key(t, h), {}).get(kind)) for t in ("first", "later")]
+        rows.append(f"| {LABELS.get(kind, kind)} | " + " | ".join(cells) + " |")
     n_fixed, n_phr = results.get("n", n), results.get("n_phrased", n)
+    names = "; ".join(f"list {h}: `scenes.{'HELDOUT' if h == 1 else f'HELDOUT{h}'}_PHRASINGS`, {LISTS[h]}"
+                      for h in lists)
     return (f"Scored by `python scripts/eval_demo_model.py` through `seer.pipeline` (batched, greedy), "
             f"{n_fixed} held-out scenes per question type for the fixed templates and {n_phr} per type and turn "
-            f"for each list of held-out phrasings (list 1: `scenes.HELDOUT_PHRASINGS`, partly a development set "
-            f"since the fourth fine-tuning; list 2: `scenes.HELDOUT2_PHRASINGS`, written before the fifth) "
+            f"for each list of held-out phrasings ({names}) "
             f"(exact match; held-out phrasings after `normalize_answer`; "
             f"captions: names every object):\n\n" + "\n".join(rows))
 
@@ -177,8 +197,9 @@ def main(argv=None) -> None:
     ap.add_argument("--n-phrased", type=int, default=None,
                     help="held-out scenes per type and turn for the held-out phrasings (default: --n)")
     ap.add_argument("--only", choices=("fixed", "phrased"), default=None, help="score one set only")
-    ap.add_argument("--heldout", choices=("1", "2", "both"), default="both",
-                    help="which list of held-out phrasings to score (scenes.HELDOUT_PHRASINGS, HELDOUT2_PHRASINGS)")
+    ap.add_argument("--heldout", choices=("1", "2", "3", "all"), default="all",
+                    help="which list of held-out phrasings to score (scenes.HELDOUT_PHRASINGS, HELDOUT2_PHRASINGS, "
+                         "HELDOUT3_PHRASINGS)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show-errors", type=int, default=0, help="print up to N wrong answers per type")
     ap.add_argument("--json", default=None, help="also write the results to this file")
@@ -191,15 +212,15 @@ def main(argv=None) -> None:
     print(f"model: {a.model}")
     results = evaluate(a.model, a.n, a.threads, show_errors=a.show_errors, n_phrased=a.n_phrased,
                        fixed=a.only != "phrased", phrased=a.only != "fixed",
-                       heldout=(1, 2) if a.heldout == "both" else (int(a.heldout),))
+                       heldout=tuple(LISTS) if a.heldout == "all" else (int(a.heldout),))
     text = table(results)
     print("\n" + text)
     missed = [f"{k} ({results['fixed'][k]['score']:.1%} < {t:.0%})" for k, t in TARGETS.items()
               if k in results["fixed"] and results["fixed"][k]["score"] < t]
-    for turn in ("first", "later", "first2", "later2"):
-        where = f"list {2 if turn.endswith('2') else 1}, {turn.rstrip('2')} turn"
-        missed += [f"{k}, held-out {where} ({results[turn][k]['score']:.1%} < {t:.0%})"
-                   for k, t in PHRASED_TARGETS.items() if k in results[turn] and results[turn][k]["score"] < t]
+    for key in [_key(t, h) for h in LISTS for t in ("first", "later")]:
+        where = f"list {key[5:] or 1}, {key[:5]} turn"
+        missed += [f"{k}, held-out {where} ({results[key][k]['score']:.1%} < {t:.0%})"
+                   for k, t in PHRASED_TARGETS.items() if k in results.get(key, {}) and results[key][k]["score"] < t]
     if missed:
         print("\nbelow target: " + ", ".join(missed))
     if a.json:

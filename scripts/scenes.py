@@ -23,7 +23,8 @@ Captions name the shapes left to right. Position questions are only asked when t
 is clearly on one side (its centre at least 12% of the width/height from the middle).
 
 Beyond those templates, ``Phraser`` asks every kind the way people phrase it (``PHRASINGS``
-for training, the disjoint ``HELDOUT_PHRASINGS`` and ``HELDOUT2_PHRASINGS`` for evaluation, all
+for training, the disjoint ``HELDOUT_PHRASINGS``, ``HELDOUT2_PHRASINGS`` and (in ``heldout3.py``)
+``HELDOUT3_PHRASINGS`` for evaluation, all
 surface-varied by ``vary``), out-of-scope questions (answered ``OUT_OF_SCOPE_REPLY``) and follow-ups that refer
 back to an earlier turn ("And the other one?"); ``phrased_eval_items`` builds the held-out
 phrasing eval, first turn and later turn.
@@ -40,6 +41,8 @@ from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from heldout3 import HELDOUT3_OOS_NOUNS, HELDOUT3_OOS_PLAIN, HELDOUT3_OOS_TEMPLATES, HELDOUT3_PHRASINGS
 
 SIZE = 128  # rendered size (pixels); the model's image processor resizes to its own input size
 
@@ -558,6 +561,9 @@ HELDOUT2_OOS_PLAIN = ("Who is the president?", "Is this indoors or outdoors?", "
 HELDOUT_SETS = {
     1: (HELDOUT_PHRASINGS, HELDOUT_OOS_TEMPLATES, HELDOUT_OOS_NOUNS, HELDOUT_OOS_PLAIN),
     2: (HELDOUT2_PHRASINGS, HELDOUT2_OOS_TEMPLATES, HELDOUT2_OOS_NOUNS, HELDOUT2_OOS_PLAIN),
+    # the third, written by hand (by someone who had not read the seventh run's wordings) before the
+    # seventh fine-tuning, when the second had become a development set: see heldout3.py
+    3: (HELDOUT3_PHRASINGS, HELDOUT3_OOS_TEMPLATES, HELDOUT3_OOS_NOUNS, HELDOUT3_OOS_PLAIN),
 }
 
 BRITISH_AMERICAN = (("colour", "color"), ("Colour", "Color"), ("coloured", "colored"))
@@ -573,7 +579,7 @@ def _core(t: str) -> str:
     return " ".join(w for w in t.split() if w not in ("the", "a", "an"))
 
 
-_HELD_CORES = {_core(t) for v in (*HELDOUT_PHRASINGS.values(), *HELDOUT2_PHRASINGS.values()) for t, _ in v}
+_HELD_CORES = {_core(t) for phr, *_ in HELDOUT_SETS.values() for v in phr.values() for t, _ in v}
 
 
 def _contains_held(t: str) -> bool:
@@ -983,6 +989,37 @@ del EXTRA_PHRASINGS["where"]
 # (mostly short ones such as "where is the {ref}" inside "Where exactly is the {ref}?")
 EXTRA_PHRASINGS = {k: [x for x in v if not _contains_held(x[0])] for k, v in EXTRA_PHRASINGS.items()}
 
+# --------------------------------------------------------------------------------------------
+# Seventh fine-tuning: wordings from a grammar (``wordings7.py``: frames whose slots take many
+# words for each concept, openers, tails, question/imperative/fragment forms), drawn for a share
+# of the phrased questions (``Phraser(grammar=...)``). Any that is a held-out wording, contains a
+# held-out wording of three or more words, or contains any wording of the second or third list
+# (which ``_check_disjoint`` keeps out of every training wording) is dropped; the out-of-scope ones
+# likewise, and no held-out noun fills their ``{n}``.
+# --------------------------------------------------------------------------------------------
+
+
+def _grammar():
+    import wordings7
+
+    strict = [f" {_core(t)} " for phr in (HELDOUT2_PHRASINGS, HELDOUT3_PHRASINGS) for v in phr.values() for t, _ in v]
+
+    def held(t):
+        c = f" {_core(t)} "
+        return _contains_held(t) or c.strip() in _HELD_CORES or any(h in c for h in strict)
+
+    raw = wordings7.grammar_wordings()
+    out = {k: [x for x in v if not held(x[0])] for k, v in raw.items() if k != "outside"}
+    oos_held = {_core(t) for _, temps, _, plain in HELDOUT_SETS.values() for t in temps + plain}
+    out["outside"] = [t for t, _ in raw["outside"]
+                      if _core(t) not in oos_held and not any(f" {h} " in f" {_core(t)} " for h in oos_held
+                                                               if len(h.split()) >= 3)]
+    held_nouns = {n for _, _, nouns, _ in HELDOUT_SETS.values() for n in nouns}
+    return out, tuple(n for n in wordings7.OOS_NOUNS7 if n not in held_nouns)
+
+
+GRAMMAR7, GRAMMAR7_NOUNS = _grammar()
+
 # roughen(): generic noise on a training question (fillers before or after, a typo in a word that
 # carries no answer, a doubled space): people's typing, not any particular wording
 _ROUGH_LEAD = ("um ", "so ", "ok ", "ok so ", "well, ", "right, ", "hmm ", "sorry, ", "excuse me, ", "alright, ",
@@ -1036,32 +1073,38 @@ def _check_disjoint() -> None:
     train = {_core(t) for v in PHRASINGS.values() for t, _ in v} | {_core(t) for v in QUESTIONS.values() for t in v}
     train |= {_core(t) for v in COMPOSED.values() for t, _ in v}
     train |= {_core(t) for v in EXTRA_PHRASINGS.values() for t, _ in v}
+    train |= {_core(t) for k, v in GRAMMAR7.items() if k != "outside" for t, _ in v}
     bad = [t for v in EXTRA_PHRASINGS.values() for t, _ in v if _contains_held(t)]  # like the composed ones
     assert not bad, f"sixth-run wordings that contain a held-out wording: {bad}"
-    for phr in (HELDOUT_PHRASINGS, HELDOUT2_PHRASINGS):
+    for phr in (HELDOUT_PHRASINGS, HELDOUT2_PHRASINGS, HELDOUT3_PHRASINGS):
         for kind, v in phr.items():
             for t, _ in v:
                 assert _core(t) not in train, f"held-out phrasing {t!r} ({kind}) is also a training phrasing"
-    # the second list, stricter: not inside any training wording either, nor in the first list
+    # the second and third lists, stricter: not inside any training wording either, nor in an earlier list
     padded = [f" {c} " for c in train]
-    first = {_core(t) for v in HELDOUT_PHRASINGS.values() for t, _ in v}
-    for kind, v in HELDOUT2_PHRASINGS.items():
-        for t, _ in v:
-            c = _core(t)
-            assert c not in first, f"{t!r} ({kind}) is in both held-out lists"
-            assert not any(f" {c} " in x for x in padded), f"held-out phrasing {t!r} ({kind}) is inside a training one"
+    earlier = set()
+    for n, (phr, *_) in sorted(HELDOUT_SETS.items()):
+        cores = {_core(t) for v in phr.values() for t, _ in v}
+        for kind, v in phr.items() if n >= 2 else ():
+            for t, _ in v:
+                c = _core(t)
+                assert c not in earlier, f"{t!r} ({kind}) is in two held-out lists"
+                assert not any(f" {c} " in x for x in padded), f"held-out phrasing {t!r} ({kind}) is inside a training one"
+        earlier |= cores
     train_oos = {_core(t) for t in OOS_TEMPLATES + OOS_PLAIN + OOS_MORE_TEMPLATES + OOS_MORE_NOUN + OOS_MORE_PLAIN}
-    for temps, nouns, plain in (HELDOUT_SETS[1][1:], HELDOUT_SETS[2][1:]):
-        assert not train_oos & {_core(t) for t in temps + plain}
-        assert not set(OOS_NOUNS) & set(nouns)
+    train_oos |= {_core(t) for t in GRAMMAR7["outside"]}
+    seen_oos, seen_nouns = set(), set()
+    for _, temps, nouns, plain in HELDOUT_SETS.values():
+        cores = {_core(t) for t in temps + plain}
+        assert not train_oos & cores and not seen_oos & cores
+        assert not (set(OOS_NOUNS) | set(GRAMMAR7_NOUNS) | seen_nouns) & set(nouns)
         assert not {p.rstrip("s") for p in OOS_PLURALS} & set(nouns) and "people" not in OOS_PLURALS
-    assert not {_core(t) for t in HELDOUT_OOS_TEMPLATES + HELDOUT_OOS_PLAIN} & {
-        _core(t) for t in HELDOUT2_OOS_TEMPLATES + HELDOUT2_OOS_PLAIN}
-    assert not set(HELDOUT_OOS_NOUNS) & set(HELDOUT2_OOS_NOUNS)
+        seen_oos |= cores
+        seen_nouns |= set(nouns)
 
 
 _check_disjoint()
-_HELDOUT_OOS_CORES = {_core(t) for t in HELDOUT_OOS_PLAIN + HELDOUT2_OOS_PLAIN}
+_HELDOUT_OOS_CORES = {_core(t) for _, _, _, plain in HELDOUT_SETS.values() for t in plain}
 
 
 def vary(q: str, rng: random.Random) -> str:
@@ -1145,17 +1188,21 @@ class Phraser:
     ``ask(kind, rng)`` returns (question, answer, facts) or None; facts lets a follow-up turn ask
     the same question about another object."""
 
-    def __init__(self, scene: "Scene", heldout: int = 0, extra: float = 0.0):
-        # heldout 0/False: training; 1/True or 2: a held-out list. extra: in training, the share of
-        # wordings drawn from ``EXTRA_PHRASINGS`` (the sixth fine-tuning's)
+    def __init__(self, scene: "Scene", heldout: int = 0, extra: float = 0.0, grammar: float = 0.0):
+        # heldout 0/False: training; 1/True, 2 or 3: a held-out list. In training, extra: the share of
+        # wordings drawn from ``EXTRA_PHRASINGS`` (the sixth fine-tuning's), grammar: from
+        # ``GRAMMAR7`` (the seventh's), before the others
         self.s = scene
         self.P = HELDOUT_SETS[heldout][0] if heldout else PHRASINGS
         self.heldout = heldout
         self.extra = 0.0 if heldout else extra
+        self.grammar = 0.0 if heldout else grammar
 
     def _pick(self, key: str, rng: random.Random):
-        """A (template, style) for ``key``: training draws ``extra`` of them from ``EXTRA_PHRASINGS``
-        and half of the rest from ``COMPOSED``."""
+        """A (template, style) for ``key``: training draws ``grammar`` of them from ``GRAMMAR7``,
+        ``extra`` of the rest from ``EXTRA_PHRASINGS`` and half of the rest from ``COMPOSED``."""
+        if self.grammar and GRAMMAR7.get(key) and rng.random() < self.grammar:
+            return rng.choice(GRAMMAR7[key])
         if self.extra and EXTRA_PHRASINGS.get(key) and rng.random() < self.extra:
             return rng.choice(EXTRA_PHRASINGS[key])
         if not self.heldout and COMPOSED.get(key) and rng.random() < 0.5:
@@ -1253,6 +1300,8 @@ class Phraser:
             big, small = (a, b) if a.r > b.r else (b, a)
             if self.heldout:
                 t, style = self._pick("bigger", rng)
+            elif self.grammar and rng.random() < self.grammar:
+                t, style = rng.choice(GRAMMAR7["bigger"])
             elif self.extra and rng.random() < self.extra:
                 t, style = rng.choice(EXTRA_PHRASINGS["bigger"])
             else:  # training: by what the question asks for (``BIGGER_ASK_SHARES``)
@@ -1283,6 +1332,11 @@ class Phraser:
                 temps, nouns, plain = HELDOUT_SETS[self.heldout][1:]
             else:
                 temps, nouns, plain = OOS_TEMPLATES, OOS_NOUNS, OOS_PLAIN
+            if self.grammar and rng.random() < self.grammar:  # the seventh run's grammar
+                while True:
+                    q = rng.choice(GRAMMAR7["outside"]).replace("{n}", rng.choice(GRAMMAR7_NOUNS))
+                    if _core(q) not in _HELDOUT_OOS_CORES:
+                        return q, OUT_OF_SCOPE_REPLY, {"kind": "outside"}
             if not self.heldout and rng.random() < 0.5:  # the composed training set of out-of-scope questions
                 x = rng.random()
                 if x < 0.3:
@@ -1310,6 +1364,8 @@ class Phraser:
         others = [p for p in self.s.objects if p is not o]
         style = facts["style"]
         pool = self.P["followup"] + (EXTRA_PHRASINGS["followup"] if self.extra and rng.random() < self.extra else [])
+        if self.grammar and rng.random() < self.grammar:
+            pool = GRAMMAR7["followup"]
         templates = [x for x in pool if x[1] == "same" or len(others) == 1]
         if not self.heldout and len(others) == 1 and rng.random() < 0.4:  # training: "the other one" more often
             templates = [x for x in templates if x[1] == "other"]
@@ -1336,6 +1392,7 @@ class Phraser:
 PHRASED_KINDS = ("shape", "colour", "count", "position", "bigger", "text", "caption", "outside", "followup")
 PHRASED_SEED_START = EVAL_SEED_START + 100_000_000  # held-out scenes of the phrasing eval
 HELDOUT2_SEED_START = EVAL_SEED_START + 300_000_000  # ... of the second held-out list
+HELDOUT3_SEED_START = EVAL_SEED_START + 500_000_000  # ... of the third
 
 
 def phrased_eval_items(kind: str, n: int, later: bool = False, size: int = SIZE, start: Optional[int] = None,
@@ -1346,7 +1403,7 @@ def phrased_eval_items(kind: str, n: int, later: bool = False, size: int = SIZE,
     other kinds (answered correctly) come first. ``followup`` items are always later turns: a
     shape, colour or position question and then the same question about another object."""
     if start is None:
-        start = {1: PHRASED_SEED_START, 2: HELDOUT2_SEED_START}[heldout]
+        start = {1: PHRASED_SEED_START, 2: HELDOUT2_SEED_START, 3: HELDOUT3_SEED_START}[heldout]
     offset = PHRASED_KINDS.index(kind) * 10_000_000 + (5_000_000 if later else 0)
     out, seed = [], start + offset
     while len(out) < n:

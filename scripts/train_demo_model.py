@@ -247,7 +247,7 @@ def branches_for(scene, rng: random.Random, a) -> list[list[tuple[str, str]]]:
     ``scenes.vary``'s case, punctuation, article and spelling changes), about the same object.
     Then ``--multi-turn`` chats of 2-4 turns: any kind in any phrasing, an out-of-scope question
     now and then, and follow-ups that refer back ("And the other one?")."""
-    ph = scenes.Phraser(scene, extra=a.extra_fraction)
+    ph = scenes.Phraser(scene, extra=a.extra_fraction, grammar=a.grammar_fraction)
 
     def vary(q):  # scenes.vary (and scenes.roughen), and more all-capitals questions (whose byte pieces are rare)
         q = scenes.vary(q, rng)
@@ -638,6 +638,9 @@ def parse_args(argv=None):
                     help="share of phrased questions put in all capitals on top of scenes.vary's (fourth fine-tuning: 0.08)")
     ap.add_argument("--extra-fraction", type=float, default=0.0,
                     help="share of phrased questions in scenes.EXTRA_PHRASINGS' wordings (sixth fine-tuning: 0.35)")
+    ap.add_argument("--grammar-fraction", type=float, default=0.0,
+                    help="share of phrased questions drawn from scenes.GRAMMAR7 (wordings7.py's grammar; "
+                         "seventh fine-tuning: 0.5)")
     ap.add_argument("--rough-fraction", type=float, default=0.0,
                     help="share of phrased questions given scenes.roughen's fillers and typos (sixth fine-tuning: 0.15)")
     ap.add_argument("--init", default=None,

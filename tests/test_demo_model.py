@@ -82,20 +82,57 @@ def test_heldout_phrasings_never_trained_on():
     assert scenes.normalize_answer("There are 3") == "3"
 
 
-def test_second_heldout_list_is_fresh():
-    """The second held-out list (written before the fifth fine-tuning) covers every kind, shares
-    nothing with the first, and no training wording equals or contains one of its wordings."""
+@pytest.mark.parametrize("ho", [2, 3])
+def test_later_heldout_lists_are_fresh(ho):
+    """The second and third held-out lists (written before the fifth and the seventh fine-tunings)
+    cover every kind, share nothing with an earlier list, and no training wording (the seventh
+    run's grammar included) equals or contains one of their wordings."""
     scenes._check_disjoint()
-    assert set(scenes.HELDOUT2_PHRASINGS) == set(scenes.HELDOUT_PHRASINGS)
+    phr = scenes.HELDOUT_SETS[ho][0]
+    assert set(phr) == set(scenes.HELDOUT_PHRASINGS)
     c = scenes._core
     train = [f" {c(t)} " for v in (*scenes.PHRASINGS.values(), *scenes.COMPOSED.values(),
-                                    *scenes.EXTRA_PHRASINGS.values()) for t, _ in v]
-    for v in scenes.HELDOUT2_PHRASINGS.values():
+                                    *scenes.EXTRA_PHRASINGS.values(),
+                                    *(v for k, v in scenes.GRAMMAR7.items() if k != "outside")) for t, _ in v]
+    earlier = {c(t) for h in range(1, ho) for v in scenes.HELDOUT_SETS[h][0].values() for t, _ in v}
+    for v in phr.values():
         for t, _ in v:
             assert not any(f" {c(t)} " in x for x in train), t
+            assert c(t) not in earlier, t
     for kind in scenes.PHRASED_KINDS:
-        items = scenes.phrased_eval_items(kind, 3, later=True, heldout=2)
+        items = scenes.phrased_eval_items(kind, 3, later=True, heldout=ho)
         assert len(items) == 3 and all(q for _, _, q, _ in items)
+
+
+def test_grammar_wordings():
+    """The seventh run's grammar: nested groups expand, every wording is filled in, none is or
+    contains a held-out wording, and no held-out noun or out-of-scope question is drawn."""
+    import random
+
+    import wordings7
+
+    rng = random.Random(0)
+    assert {wordings7.expand("[a|b [c|d]] e[| f]?", rng) for _ in range(200)} == {
+        "a e?", "a e f?", "b c e?", "b c e f?", "b d e?", "b d e f?"}
+    assert wordings7.expand("what [is|'s] it ?", random.Random(1)) in ("what is it?", "what's it?")
+    g = scenes.GRAMMAR7
+    assert set(g) == set(scenes.HELDOUT_PHRASINGS) | {"outside"}
+    c = scenes._core
+    held = {c(t) for phr, *_ in scenes.HELDOUT_SETS.values() for v in phr.values() for t, _ in v}
+    for key, v in g.items():
+        assert len(v) > 100, key
+        for t in (x if key == "outside" else x[0] for x in v):
+            assert "[" not in t and "]" not in t and "  " not in t, t
+            assert c(t) not in held and not scenes._contains_held(t), t
+    held_nouns = {n for _, _, nouns, _ in scenes.HELDOUT_SETS.values() for n in nouns}
+    assert scenes.GRAMMAR7_NOUNS and not held_nouns & set(scenes.GRAMMAR7_NOUNS)
+    # a training Phraser with grammar=1 draws every phrased question from the grammar
+    rng = random.Random(1)
+    ph = scenes.Phraser(scenes.make_scene(5), grammar=1.0)
+    for kind in ("count", "text", "caption"):
+        for _ in range(20):
+            q, _, _ = ph.ask(kind, rng)
+            assert q in {t for t, _ in g[kind]}, q
 
 
 def test_extra_wordings_and_roughen():
@@ -104,7 +141,7 @@ def test_extra_wordings_and_roughen():
     import random
 
     c = scenes._core
-    held = {c(t) for ph in (scenes.HELDOUT_PHRASINGS, scenes.HELDOUT2_PHRASINGS) for v in ph.values() for t, _ in v}
+    held = {c(t) for ph, *_ in scenes.HELDOUT_SETS.values() for v in ph.values() for t, _ in v}
     for v in scenes.EXTRA_PHRASINGS.values():
         for t, _ in v:
             assert not any(len(h.split()) >= 3 and f" {h} " in f" {c(t)} " for h in held), t
