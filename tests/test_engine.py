@@ -70,6 +70,44 @@ def test_a_failing_step_fails_its_requests_and_the_engine_goes_on(pipe, monkeypa
     assert good.finish_reason == "length" and good.generate_token_len == 4
 
 
+@pytest.mark.parametrize("when", ["prefill", "decode"])
+def test_a_request_that_fails_the_step_fails_alone(pipe, monkeypatch, when):
+    """A step that fails because of one request (here: the runner raises whenever that request's
+    marked token is in the step, in its prompt or as its third output token) ends that request with
+    the error; the requests batched with it keep exactly the tokens they get alone, with images."""
+    gen = GenerationConfig(max_new_tokens=6, ignore_eos=True)
+    image = tm.make_image(3, (40, 32))
+    prompts = ["the first innocent prompt", ("one with an image", [image]), "and a third"]
+    alone = [r.token_ids for r in pipe(prompts, gen_config=gen)]
+    bad = "the bad one, longer than the rest of them"
+    others = {t for p in prompts for t in pipe.family.encode(to_conversation(p)).token_ids}
+    others |= {t for ts in alone for t in ts}
+    if when == "prefill":  # a token of its prompt only
+        candidates = pipe.family.encode(to_conversation(bad)).token_ids
+        pipe.engine.blocks.reset_prefix_cache()  # so its whole prompt is computed in the step
+    else:  # one of its output tokens (fed back in a later decode step), not its first
+        candidates = pipe(bad, gen_config=gen).token_ids[1:]
+    marker = next(t for t in candidates if t not in others)
+    real, seen = pipe.engine.runner.execute, []
+
+    def failing(step):
+        seen.append(len(step.chunks))
+        if marker in step.input_ids:
+            raise RuntimeError("injected: a bad token")
+        return real(step)
+
+    monkeypatch.setattr(pipe.engine.runner, "execute", failing)
+    subs = [_submit(pipe, p, gen) for p in [bad] + prompts]
+    outs = [_drain(q) for _, q in subs]
+    assert outs[0][-1].finish_reason == "error" and "injected: a bad token" in outs[0][-1].error
+    assert [[t for o in out for t in o.new_token_ids] for out in outs[1:]] == alone
+    assert all(out[-1].finish_reason == "length" for out in outs[1:])
+    assert max(seen) > 1  # they were batched: the failure was found by running them one at a time
+    eng = pipe.engine
+    eng.blocks.reset_prefix_cache()
+    assert eng.blocks.num_free_blocks == eng.blocks.num_blocks
+
+
 def test_a_row_whose_sampling_fails_fails_alone(pipe):
     """A request whose settings break the draw at run time (here a NaN temperature set past the
     config's checks) ends with an error; the requests batched with it keep their exact tokens."""

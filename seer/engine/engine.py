@@ -7,8 +7,9 @@ appends the sampled tokens, detokenizes, checks the stop conditions, delivers a
 enter and leave only between steps, through the inbox, so the scheduler and block manager
 are only ever touched by the loop thread.
 
-A failing step fails the requests that were in it (finish_reason "error") and the loop
-goes on; one bad request never takes the others down.
+A failing step is run again one sequence at a time, so that only the request that makes it
+fail ends (finish_reason "error", with the exception's message); the others go on as if
+nothing happened, and so does the loop. One bad request never takes the others down.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .kv_cache import BlockManager
 from .request import PromptInputs, RequestOutput, Sequence, Sink
 from .runner import ModelRunner
 from .sampler import sample
-from .scheduler import Scheduler
+from .scheduler import Scheduler, SchedulerOutput
 from .step import make_step_input
 
 log = logging.getLogger("seer.engine")
@@ -168,28 +169,52 @@ class Engine:
             self._emit(seq, [], "", None, None, error=seq.error)
         if not sched:
             return
+        fresh = self.blocks.take_fresh()
         try:
-            step = make_step_input(sched, self.blocks.block_size, self.blocks.take_fresh())
-            out = self.runner.execute(step)
-            logits = out.logits
-            for rid, (lps, rows) in out.prompt.items():
+            done = [(sched, self._compute(sched, fresh))]
+        except Exception as e:  # noqa: BLE001
+            if len(sched.seqs) == 1:
+                log.exception("step failed")
+                self._fail(sched.seqs[0], e, fresh)
+                return
+            # Find the request that fails it: each sequence again, alone. A step only writes the KV
+            # slots of its own tokens and advances nothing until it succeeds, so running them again
+            # computes the same; each carries the fresh blocks of its own block table.
+            log.exception("step of %d sequences failed; running them one at a time", len(sched.seqs))
+            done = []
+            for seq, n in zip(sched.seqs, sched.num_new_tokens):
+                one = SchedulerOutput([seq], [n])
+                own = [b for b in fresh if b in set(seq.block_table)]
+                try:
+                    done.append((one, self._compute(one, own)))
+                except Exception as e1:  # noqa: BLE001
+                    self._fail(seq, e1, own)
+        for part, (seqs, logits, sampled, prompt) in done:
+            for rid, (lps, rows) in prompt.items():
                 seq = self._seqs[rid]
                 seq.prompt_rows_done += len(lps) if lps is not None else rows.shape[0]
                 if lps is not None:
                     seq.prompt_logprobs.extend(lps)
                 if rows is not None:
                     seq.prompt_logits.append(rows)
-            seqs = [self._seqs[rid] for rid in step.sampling_ids]
-            sampled = sample(logits, seqs, self.eos_ids, self.grammars)
-        except Exception as e:  # noqa: BLE001
-            log.exception("step failed")
-            for seq in sched.seqs:
-                seq.error = f"{type(e).__name__}: {e}"
-                self._finish(seq, "error")
-            return
-        self.scheduler.update(sched)
-        self.stats["steps"] += 1
-        self._update(seqs, logits, sampled)
+            self.scheduler.update(part)
+            self.stats["steps"] += 1
+            self._update(seqs, logits, sampled)
+
+    def _compute(self, sched: SchedulerOutput, fresh: list[int]):
+        """Run and sample ``sched`` without changing any sequence: (sequences that sample, logits,
+        sampled tokens, prompt logprobs/logits by request id)."""
+        step = make_step_input(sched, self.blocks.block_size, fresh)
+        out = self.runner.execute(step)
+        seqs = [self._seqs[rid] for rid in step.sampling_ids]
+        return seqs, out.logits, sample(out.logits, seqs, self.eos_ids, self.grammars), out.prompt
+
+    def _fail(self, seq: Sequence, e: Exception, fresh: list[int]) -> None:
+        """``seq`` made its step fail: it ends with the error. Its fresh blocks may not have been
+        zeroed; the next step zeroes them (they go back to the pool's never-written list)."""
+        self.blocks.return_fresh(fresh)
+        seq.error = f"{type(e).__name__}: {e}"
+        self._finish(seq, "error")
 
     def _update(self, seqs: list[Sequence], logits, sampled) -> None:
         for i, seq in enumerate(seqs):

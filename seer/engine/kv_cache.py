@@ -135,6 +135,10 @@ class BlockManager:
         fresh, self._fresh = self._fresh, []
         return fresh
 
+    def return_fresh(self, blocks: list[int]) -> None:
+        """Blocks from ``take_fresh`` that a failed step may not have zeroed: the next one zeroes them."""
+        self._fresh.extend(blocks)
+
     def reset_prefix_cache(self) -> None:
         for b in list(self._evictable):
             self._forget(b)
