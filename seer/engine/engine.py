@@ -228,9 +228,9 @@ class Engine:
             g = seq.gen
             if (tok in self.eos_ids and not g.ignore_eos) or tok in (g.stop_token_ids or ()):
                 # As in LMDeploy, the stop token itself is not part of the output.
-                seq.state["hidden"] = 1
+                seq.hidden_tokens = 1
                 if tok in (g.stop_token_ids or ()):
-                    seq.state["stop_reason"] = tok
+                    seq.stop_reason = tok
                 text, _ = self._text(seq, "", final=True)
                 self._emit(seq, [], text, None, None, reason="stop")
                 continue
@@ -249,38 +249,35 @@ class Engine:
                        ranks=[sampled.ranks[i]] if lp else None)
 
     def _detok(self, seq: Sequence) -> IncrementalDetokenizer:
-        d = seq.state.get("detok")
-        if d is None:
+        if seq.detok is None:
             g = seq.gen
-            d = seq.state["detok"] = IncrementalDetokenizer(
-                self.tokenizer, seq.token_ids[:seq.num_prompt_tokens], g.skip_special_tokens,
-                g.spaces_between_special_tokens)
-            seq.state["text"], seq.state["shown"] = "", 0
-        return d
+            seq.detok = IncrementalDetokenizer(self.tokenizer, seq.token_ids[:seq.num_prompt_tokens],
+                                               g.skip_special_tokens, g.spaces_between_special_tokens)
+        return seq.detok
 
     def _text(self, seq: Sequence, new: str, final: bool) -> tuple[str, bool]:
         """The text to show now, and whether a stop word was hit.
 
-        ``state["text"]`` is all decoded text, ``state["shown"]`` how much of it was shown.
+        ``seq.text`` is all decoded text, ``seq.shown`` how much of it was shown.
         A stop word ends the text just before it; while one might still be forming, the
         last ``len(longest stop word) - 1`` characters are held back.
         """
         detok = self._detok(seq)
-        st, g = seq.state, seq.gen
-        full = st["text"] + new + (detok.flush() if final else "")
-        shown = st["shown"]
+        g = seq.gen
+        full = seq.text + new + (detok.flush() if final else "")
+        shown = seq.shown
         words = g.stop_words if g.stop_words and seq.num_output_tokens >= g.min_new_tokens else ()
         hits = [h for h in (full.find(w, shown) for w in words) if h >= 0]
         if hits:
             cut = min(hits)
-            st["stop_reason"] = next(w for w in words if full.find(w, shown) == cut)
+            seq.stop_reason = next(w for w in words if full.find(w, shown) == cut)
             if g.include_stop_str_in_output:
-                cut += len(st["stop_reason"])
-            st["text"], st["shown"] = full[:cut], cut
+                cut += len(seq.stop_reason)
+            seq.text, seq.shown = full[:cut], cut
             return full[shown:cut], True
         hold = 0 if final or not words else max(len(w) for w in words) - 1
         end = max(shown, len(full) - hold)
-        st["text"], st["shown"] = full, end
+        seq.text, seq.shown = full, end
         return full[shown:end], False
 
     def _finish(self, seq: Sequence, reason: str) -> None:
@@ -299,8 +296,8 @@ class Engine:
             return
         finished = seq.is_finished or error is not None
         prompt_lp = prompt_logits = None
-        if not seq.needs_prompt_rows and not seq.state.get("prompt_sent"):
-            seq.state["prompt_sent"] = True  # with the first delta after the prompt is done
+        if not seq.needs_prompt_rows and not seq.prompt_sent:
+            seq.prompt_sent = True  # with the first delta after the prompt is done
             if seq.prompt_logprobs is not None:
                 prompt_lp = [None] + seq.prompt_logprobs
             if seq.prompt_logits:
@@ -308,11 +305,11 @@ class Engine:
         out = RequestOutput(
             request_id=seq.request_id, new_token_ids=toks, new_text=text,
             num_prompt_tokens=seq.num_prompt_tokens,
-            num_output_tokens=seq.num_output_tokens - seq.state.get("hidden", 0),
+            num_output_tokens=seq.num_output_tokens - seq.hidden_tokens,
             finished=finished, finish_reason=seq.finish_reason or ("error" if error else None),
             error=error, new_logprobs=lp, new_logits=logits, num_cached_tokens=seq.num_cached_tokens,
             prompt_logprobs=prompt_lp, prompt_logits=prompt_logits, new_ranks=ranks,
-            stop_reason=seq.state.get("stop_reason") if finished else None)
+            stop_reason=seq.stop_reason if finished else None)
         try:
             seq.sink(out)
         except Exception:  # noqa: BLE001 - a broken consumer must not stop the loop

@@ -115,7 +115,14 @@ class Sequence:
         self.prompt_logprobs: Optional[list[dict[int, float]]] = [] if gen.prompt_logprobs is not None else None
         self.prompt_logits: Optional[list[Any]] = [] if gen.output_logits == "all" else None
         self.prompt_rows_done = 0  # prompt positions whose rows were kept
-        self.state: dict[str, Any] = {}  # per-request state owned by the output processor
+        # the output side, owned by the engine's _update/_text/_emit and the sampler
+        self.detok: Any = None  # IncrementalDetokenizer, made at the first output token
+        self.text = ""  # all text decoded so far (cut at a stop word)
+        self.shown = 0  # how much of it was delivered; the rest may still become a stop word
+        self.stop_reason: Any = None  # the stop token id or stop word that ended it
+        self.hidden_tokens = 0  # output tokens not counted for the user (the stop token: 1)
+        self.prompt_sent = False  # the prompt's logprobs/logits went out (with the first delta after it)
+        self.generator: Any = None  # torch.Generator of a sampled request, seeded at its first draw
         self.grammar: Any = None  # gen.response_format's matcher (engine/grammar.py), advanced per token
 
     @property

@@ -86,11 +86,10 @@ def _draw(row: torch.Tensor, seq: Sequence) -> int:
         probs = probs.scatter(0, idx, sorted_p.masked_fill(drop, 0.0))
     if g.min_p > 0:
         probs = probs.masked_fill(probs < g.min_p * probs.max(), 0.0)
-    gen = seq.state.get("generator")
-    if gen is None:
+    if seq.generator is None:
         seed = g.random_seed if g.random_seed is not None else random.randrange(2**63)
-        gen = seq.state["generator"] = torch.Generator(device=row.device).manual_seed(seed)
-    return int(torch.multinomial(probs, 1, generator=gen))
+        seq.generator = torch.Generator(device=row.device).manual_seed(seed)
+    return int(torch.multinomial(probs, 1, generator=seq.generator))
 
 
 def _top_logprobs(raw: torch.Tensor, token: int, n: int) -> tuple[dict[int, float], int]:
