@@ -49,6 +49,10 @@ class EngineClient(Protocol):
     def abort(self, request_id: int) -> None:
         """End a request (finish_reason "abort"); unknown or finished ids are ignored."""
 
+    def compile_format(self, response_format: dict) -> None:
+        """Compile a ``response_format``'s grammar now, into the engine's cache (so a front end can
+        do it off its event loop before submitting); a ``ValueError`` names what does not compile."""
+
     def snapshot(self) -> EngineStats:
         """The latest stats."""
 

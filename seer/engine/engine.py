@@ -91,6 +91,9 @@ class Engine:
         self._inbox.put(("abort", request_id))
         self._wake.set()
 
+    def compile_format(self, response_format: dict) -> None:
+        self.grammars.compile(response_format)
+
     def close(self, timeout: float = 30.0) -> None:
         self._stop.set()
         self._wake.set()

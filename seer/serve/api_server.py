@@ -205,7 +205,7 @@ class ServerCore:
         names what does not compile."""
         formats = {json.dumps(g.response_format, sort_keys=True): g.response_format for g in gens if g.response_format}
         for rf in formats.values():
-            await anyio.to_thread.run_sync(self.pipe.engine.grammars.compile, rf)
+            await anyio.to_thread.run_sync(self.pipe.engine.compile_format, rf)
 
     def generation_configs(self, req, n_prompt_tokens: int) -> list[GenerationConfig]:
         """One config per choice; with a seed, choice i samples with seed + i."""
