@@ -16,25 +16,25 @@ Reproduce the shipped weights (the default output is ``seer/assets/demo-vlm``)::
 
     python scripts/train_demo_model.py --threads 2
 
-The shipped weights come from six runs (see the README's "The demo model" section for the
-times; ``training.json`` records each, the run it started from under ``init``): the defaults
-with ``--threads 2`` trained on the fixed question templates only (the first shipped model),
-then five fine-tunings of the previous weights on the mix of fixed templates, people's
-phrasings (``scenes.PHRASINGS``, ``scenes.COMPOSED`` and, in the last, ``scenes.EXTRA_PHRASINGS``
-with ``scenes.roughen``'s fillers and typos), multi-turn chats and out-of-scope questions, with
-the vision tower kept as it was, the last one::
+The shipped weights come from seven runs (see DEMO_MODEL.md for the times; ``training.json``
+records each, the run it started from under ``init``): the defaults with ``--threads 2`` trained
+on the fixed question templates only (the first shipped model), then six fine-tunings of the
+previous weights on the mix of fixed templates, people's phrasings (``scenes.PHRASINGS``,
+``scenes.COMPOSED``, ``scenes.EXTRA_PHRASINGS`` with ``scenes.roughen``'s fillers and typos and,
+in the last, ``scenes.GRAMMAR7``, wordings7.py's grammar), multi-turn chats and out-of-scope
+questions, with the vision tower kept as it was, the last one::
 
     python scripts/train_demo_model.py --init seer/assets/demo-vlm --vision-steps 0 \
-        --freeze-vision --aux-weight 0 --lr 6e-4 --warmup 30 --minutes 90 \
-        --focus 1 --later-focus 2 --upper-fraction 0.1 --extra-fraction 0.35 \
+        --freeze-vision --aux-weight 0 --lr 6e-4 --warmup 30 --steps 540 --focus 1 \
+        --later-focus 2 --upper-fraction 0.1 --extra-fraction 0.35 --grammar-fraction 0.5 \
         --rough-fraction 0.15 --eval-every 0
 
-and its weights blended half and half with the ones it started from (``training.json``'s
+and its weights blended 0.75 with 0.25 of the ones it started from (``training.json``'s
 ``shipped_weights``).
 
 Runs with ``--steps`` are seeded; the same seed, thread count, torch version and CPU give the
 same weights. ``--minutes`` sets the step count from the measured speed, so such a run (like
-the fine-tuning above, on a shared machine) is not bit-reproducible.
+the first five fine-tunings, on a shared machine) is not bit-reproducible.
 """
 
 from __future__ import annotations
