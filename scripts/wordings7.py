@@ -40,12 +40,19 @@ def expand(frame: str, rng: random.Random) -> str:
     return out.strip()
 
 
+def each(prefix: str, group: str) -> str:
+    """A group's alternatives, each after ``prefix``, without the brackets: ``each("in the ",
+    "[image|photo]")`` is ``"in the image|in the photo"``."""
+    return prefix + group[1:-1].replace("|", "|" + prefix)
+
+
 OPEN = "[|||||Hey, |Quick one: |Question: |OK, |Okay so |Please, |Hi, |Now, |Just curious, |Looking at the picture, |In this image, |Tell me: |I wonder: |Q: ]"
 IMG = "[image|picture|photo|pic|drawing|scene]"
 OBJ = "[shape|object|thing|figure|item|one]"
 OBJS = "[shapes|objects|things|figures|items]"
 COL = "[colour|color]"
-WHERE_IN = "[| in the " + IMG[1:-1].replace("|", "| in the ") + "| here| in this picture| in this image]"
+WHERE_IN = "[|" + each(" in the ", IMG) + "| here| in this picture| in this image]"
+OF_IMG = "[|" + each(" of the ", IMG) + "]"
 Q = "[?|?|?||.]"
 
 # shape: "{colour}" -> the shape; styles: bare ("star"), article ("a star"), the ("the star")
@@ -53,7 +60,7 @@ SHAPE = [
     (OPEN + "[what|which] [shape|figure|form|kind of shape|type of shape|sort of shape|geometric shape] is [the |that |this |]{colour} [one|shape|object|thing|item|figure|]" + WHERE_IN + Q, "bare"),
     (OPEN + "[what's|what is|whats|what s] [the|that|this] {colour} [thing|object|item|one|figure]" + WHERE_IN + Q, "article"),
     (OPEN + "[what's|what is|whats] [the|that] {colour} shape" + WHERE_IN + Q, "bare"),
-    (OPEN + "which [of the " + OBJS[1:-1].replace("|", "|of the ") + "|one of them|of them|one|of these|of those|of all the shapes] is {colour}" + WHERE_IN + Q, "the"),
+    (OPEN + "which [" + each("of the ", OBJS) + "|one of them|of them|one|of these|of those|of all the shapes] is {colour}" + WHERE_IN + Q, "the"),
     (OPEN + "which [shape|one|object|figure] [is drawn in|is painted|is coloured|is colored|comes in|is filled with|is done in|has the colour|has the color|is in] {colour}" + Q, "the"),
     (OPEN + "[name|identify|tell me|say|give me] the {colour} [shape|one|object|figure|thing][| please| for me]" + Q, "bare"),
     (OPEN + "the {colour} [one|shape|thing|object|figure][,| -|:|?] what [is it|shape is it|kind of shape is it|is that|shape is that]" + Q, "bare"),
@@ -67,7 +74,7 @@ SHAPE = [
     (OPEN + "can you [tell me|say] what [shape|kind of shape] the {colour} [one|thing|object] is" + Q, "bare"),
 ]
 
-SIDE_AT = "[on|at|over on] the {side}[| side| part| edge| half][| of the " + IMG[1:-1].replace("|", "| of the ") + "]"
+SIDE_AT = "[on|at|over on] the {side}[| side| part| edge| half]" + OF_IMG
 SHAPE_AT = [
     (OPEN + "[what|which] [shape|figure|kind of shape|type of shape] [is|sits|appears|is drawn|is placed|is located|do you see|can you see|is there] " + SIDE_AT + Q, "bare"),
     (OPEN + "[what's|what is|whats|what do you see|what can you see|what is there|what sits|what appears] " + SIDE_AT + Q, "article"),
@@ -118,13 +125,12 @@ COUNT = [
     (OPEN + "[what's|what is] the [shape|object] count" + Q, "bare"),
 ]
 
-LR, TB = "[left|right]", "[top|bottom]"
 TAIL_YN = "[||| or not|, yes or no|, true|, correct|, is it| yes or no]"  # no ", right": a side word
 TAIL_YNR = TAIL_YN[:-1] + "|, right]"
 WHERE = [
     (OPEN + "where [is|'s|exactly is|can I find|do I find|can you see] the {ref}[| at| located| placed| positioned| drawn| sitting]" + WHERE_IN + Q, "where"),
     (OPEN + "[location|position|place] of the {ref}" + Q, "where"),
-    (OPEN + "[what|which] [side|part|area|corner] [of the " + IMG[1:-1].replace("|", "|of the ") + "|] is the {ref} [on|in|at]" + Q, "where"),
+    (OPEN + "[what|which] [side|part|area|corner] [" + each("of the ", IMG) + "|] is the {ref} [on|in|at]" + Q, "where"),
     (OPEN + "[tell me|say|describe] where the {ref} is" + Q, "where"),
     (OPEN + "where [did they put|was] the {ref}[| put| drawn| placed]" + Q, "where"),
     (OPEN + "the {ref}[,|:| -] where [is it|is that|'s it]" + Q, "where"),
@@ -134,8 +140,8 @@ POSITION_X = [
     (OPEN + "is the {ref} [on the left or [on |]the right|left or right|more to the left or [more |]to the right|on the left side or the right side|in the left half or the right half|toward the left or the right|on the left or right side|leftish or rightish|left-hand or right-hand]" + WHERE_IN + Q, "bare"),
     (OPEN + "[left or right|left side or right side|which side, left or right|left half or right half|right or left][?|:|,| -] [where is|where's|what about] the {ref}" + Q, "bare"),
     (OPEN + "the {ref}[,|:| -] left or right" + Q, "bare"),
-    (OPEN + "is the {ref} [on|over on|found on|drawn on|placed on|located on|in|at|to|towards] the left[| side| half| hand side| part| edge][| of the " + IMG[1:-1].replace("|", "| of the ") + "]" + TAIL_YN + Q, "yesno_left"),
-    (OPEN + "is the {ref} [on|over on|found on|drawn on|placed on|located on|in|at|to|towards] the right[| side| half| hand side| part| edge][| of the " + IMG[1:-1].replace("|", "| of the ") + "]" + TAIL_YN + Q, "yesno_right"),
+    (OPEN + "is the {ref} [on|over on|found on|drawn on|placed on|located on|in|at|to|towards] the left[| side| half| hand side| part| edge]" + OF_IMG + TAIL_YN + Q, "yesno_left"),
+    (OPEN + "is the {ref} [on|over on|found on|drawn on|placed on|located on|in|at|to|towards] the right[| side| half| hand side| part| edge]" + OF_IMG + TAIL_YN + Q, "yesno_right"),
     (OPEN + "does the {ref} [sit|appear|lie|stand|show up|go] on the left" + TAIL_YN + Q, "yesno_left"),
     (OPEN + "does the {ref} [sit|appear|lie|stand|show up|go] on the right" + TAIL_YN + Q, "yesno_right"),
 ] + WHERE
@@ -144,8 +150,8 @@ POSITION_Y = [
     (OPEN + "[top or bottom|top half or bottom half|top part or bottom part|up or down|which half, top or bottom][?|:|,| -] [where is|where's|what about] the {ref}" + Q, "bare"),
     (OPEN + "the {ref}[,|:| -] top or bottom" + Q, "bare"),
     (OPEN + "is the {ref} [in the upper or [the |]lower [part|half]|upper or lower|in the upper half or the lower half]" + Q, "updown"),
-    (OPEN + "is the {ref} [at|near|up at|in|on|toward|towards|placed at|found at|located at] the top[| half| part| edge| side][| of the " + IMG[1:-1].replace("|", "| of the ") + "]" + TAIL_YNR + Q, "yesno_top"),
-    (OPEN + "is the {ref} [at|near|down at|in|on|toward|towards|placed at|found at|located at] the bottom[| half| part| edge| side][| of the " + IMG[1:-1].replace("|", "| of the ") + "]" + TAIL_YNR + Q, "yesno_bottom"),
+    (OPEN + "is the {ref} [at|near|up at|in|on|toward|towards|placed at|found at|located at] the top[| half| part| edge| side]" + OF_IMG + TAIL_YNR + Q, "yesno_top"),
+    (OPEN + "is the {ref} [at|near|down at|in|on|toward|towards|placed at|found at|located at] the bottom[| half| part| edge| side]" + OF_IMG + TAIL_YNR + Q, "yesno_bottom"),
     (OPEN + "is the {ref} [up high|high up|in the upper part|in the upper half]" + TAIL_YNR + Q, "yesno_top"),
     (OPEN + "is the {ref} [down low|low down|in the lower part|in the lower half]" + TAIL_YNR + Q, "yesno_bottom"),
 ] + WHERE
@@ -165,18 +171,20 @@ SMALL_V = ("[takes up less space|takes up less room|covers less area|occupies le
            "fills less of the picture|is of lesser size|looks little]")
 WHICH = "[which|which one|which of the two|which of them|which of these|which shape|who|what]"
 PAIR = "[the {a} or the {b}|{a} or {b}|the {a} or {b}]"
+IS_BIG = "[" + each("is ", BIG) + "|" + BIG_V[1:-1] + "]"  # "is bigger", "takes up more room", ...
+IS_SMALL = "[" + each("is ", SMALL) + "|" + SMALL_V[1:-1] + "]"
 CMP_BIG = "[bigger|larger|greater|huger|wider|more big|larger in size|bigger in size|greater in size]"
 CMP_SMALL = "[smaller|tinier|littler|less big|smaller in size|narrower|less large]"
 BIGGER = [
     (OPEN + WHICH + " [is|'s] " + BIG + "[,|:] " + PAIR + Q, "bare"),
     (OPEN + WHICH + " " + BIG_V + "[,|:] " + PAIR + Q, "bare"),
-    (OPEN + PAIR + "[:|,|?|-] " + WHICH + " [is " + BIG[1:-1].replace("|", "|is ") + "|" + BIG_V[1:-1] + "]" + Q, "bare"),
-    (OPEN + "[between|of] the {a} and the {b}, " + WHICH + " [is " + BIG[1:-1].replace("|", "|is ") + "|" + BIG_V[1:-1] + "]" + Q, "bare"),
+    (OPEN + PAIR + "[:|,|?|-] " + WHICH + " " + IS_BIG + Q, "bare"),
+    (OPEN + "[between|of] the {a} and the {b}, " + WHICH + " " + IS_BIG + Q, "bare"),
     (OPEN + "is the {a} or the {b} [the bigger|the larger|the big|the large|the huge|the biggest|the largest] [shape|one|object|thing]" + Q, "bare"),
     (OPEN + WHICH + " [is|'s] " + SMALL + "[,|:] " + PAIR + Q, "small"),
     (OPEN + WHICH + " " + SMALL_V + "[,|:] " + PAIR + Q, "small"),
-    (OPEN + PAIR + "[:|,|?|-] " + WHICH + " [is " + SMALL[1:-1].replace("|", "|is ") + "|" + SMALL_V[1:-1] + "]" + Q, "small"),
-    (OPEN + "[between|of] the {a} and the {b}, " + WHICH + " [is " + SMALL[1:-1].replace("|", "|is ") + "|" + SMALL_V[1:-1] + "]" + Q, "small"),
+    (OPEN + PAIR + "[:|,|?|-] " + WHICH + " " + IS_SMALL + Q, "small"),
+    (OPEN + "[between|of] the {a} and the {b}, " + WHICH + " " + IS_SMALL + Q, "small"),
     (OPEN + "is the {a} or the {b} [the smaller|the small|the little|the tiny|the smallest|the tiniest|the littler] [shape|one|object|thing]" + Q, "small"),
     (OPEN + "is the {a} " + CMP_BIG + " than the {b}" + TAIL_YNR + Q, "yesno_big"),
     (OPEN + "[does|would you say] the {a} [take up more space|take up more room|look bigger|cover more area|appear larger|look larger|seem bigger] than the {b}" + TAIL_YNR + Q, "yesno_big"),
