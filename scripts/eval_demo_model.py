@@ -217,10 +217,10 @@ def main(argv=None) -> None:
     print("\n" + text)
     missed = [f"{k} ({results['fixed'][k]['score']:.1%} < {t:.0%})" for k, t in TARGETS.items()
               if k in results["fixed"] and results["fixed"][k]["score"] < t]
-    for key in [_key(t, h) for h in LISTS for t in ("first", "later")]:
-        where = f"list {key[5:] or 1}, {key[:5]} turn"
-        missed += [f"{k}, held-out {where} ({results[key][k]['score']:.1%} < {t:.0%})"
-                   for k, t in PHRASED_TARGETS.items() if k in results.get(key, {}) and results[key][k]["score"] < t]
+    for h, turn in [(h, t) for h in LISTS for t in ("first", "later")]:
+        got = results.get(_key(turn, h), {})
+        missed += [f"{k}, held-out list {h}, {turn} turn ({got[k]['score']:.1%} < {t:.0%})"
+                   for k, t in PHRASED_TARGETS.items() if k in got and got[k]["score"] < t]
     if missed:
         print("\nbelow target: " + ", ".join(missed))
     if a.json:

@@ -582,11 +582,11 @@ def _core(t: str) -> str:
 _HELD_CORES = {_core(t) for phr, *_ in HELDOUT_SETS.values() for v in phr.values() for t, _ in v}
 
 
-def _contains_held(t: str) -> bool:
-    """Whether a held-out wording of three or more words is inside ``t``'s core, with an opener or
-    suffix around it (shorter ones, "The {ref}?", are inside everything)."""
+def _contains_held(t: str, held=_HELD_CORES) -> bool:
+    """Whether a held-out wording (a core in ``held``) of three or more words is inside ``t``'s core,
+    with an opener or suffix around it (shorter ones, "The {ref}?", are inside everything)."""
     c = f" {_core(t)} "
-    return any(f" {h} " in c for h in _HELD_CORES if len(h.split()) >= 3)
+    return any(f" {h} " in c for h in held if len(h.split()) >= 3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1011,9 +1011,7 @@ def _grammar():
     raw = wordings7.grammar_wordings()
     out = {k: [x for x in v if not held(x[0])] for k, v in raw.items() if k != "outside"}
     oos_held = {_core(t) for _, temps, _, plain in HELDOUT_SETS.values() for t in temps + plain}
-    out["outside"] = [t for t, _ in raw["outside"]
-                      if _core(t) not in oos_held and not any(f" {h} " in f" {_core(t)} " for h in oos_held
-                                                               if len(h.split()) >= 3)]
+    out["outside"] = [t for t, _ in raw["outside"] if _core(t) not in oos_held and not _contains_held(t, oos_held)]
     held_nouns = {n for _, _, nouns, _ in HELDOUT_SETS.values() for n in nouns}
     return out, tuple(n for n in wordings7.OOS_NOUNS7 if n not in held_nouns)
 
