@@ -182,16 +182,20 @@ class Engine:
                 return
             # Find the request that fails it: each sequence again, alone. A step only writes the KV
             # slots of its own tokens and advances nothing until it succeeds, so running them again
-            # computes the same; each carries the fresh blocks of its own block table.
+            # computes the same; each carries the fresh blocks of its own block table, and those of
+            # none (freed by a preemption) go back to be zeroed by the next step.
             log.exception("step of %d sequences failed; running them one at a time", len(sched.seqs))
-            done = []
+            done, unowned = [], set(fresh)
             for seq, n in zip(sched.seqs, sched.num_new_tokens):
                 one = SchedulerOutput([seq], [n])
-                own = [b for b in fresh if b in set(seq.block_table)]
+                mine = set(seq.block_table)
+                own = [b for b in fresh if b in mine]
+                unowned -= mine
                 try:
                     done.append((one, self._compute(one, own)))
                 except Exception as e1:  # noqa: BLE001
                     self._fail(seq, e1, own)
+            self.blocks.return_fresh([b for b in fresh if b in unowned])
         for part, (seqs, logits, sampled, prompt) in done:
             for rid, (lps, rows) in prompt.items():
                 seq = self._seqs[rid]
